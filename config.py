@@ -236,6 +236,8 @@ class TrainingConfig:
     checkpoint_dir: Optional[str] = doc("Checkpoints directory (default: <output_dir>/checkpoints).", None)
     log_dir: Optional[str] = doc("Log directory (default: <output_dir>/logs).", None)
     num_threads: Optional[int] = doc("torch CPU threads (default: torch's choice).", None)
+    train_teacher: bool = doc("full_pipeline trains the teacher first; false distills from teacher.name_or_path "
+                              "as it is (an already fine-tuned teacher, e.g. a hub summarization model).", True)
 
     def __post_init__(self):
         _choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -293,6 +295,8 @@ class BenchmarkConfig:
     warmup_batches: int = doc("Untimed generation batches before timing.", 1)
     metrics: list[str] = doc("Quality metrics: rouge, bleu, sacrebleu, chrf.",
                              factory=lambda: ["rouge", "bleu", "sacrebleu", "chrf"])
+    baselines: list[str] = doc("Reference rows in the report: 'copy_source' (the input as the output) and "
+                               "'untrained_student' (the student's architecture, random weights).", factory=list)
 
     def __post_init__(self):
         _choice("split", self.split, ("test", "validation", "train"))
@@ -300,10 +304,14 @@ class BenchmarkConfig:
             _positive(name, getattr(self, name))
         if self.max_samples is not None:
             _positive("max_samples", self.max_samples)
-        if self.no_repeat_ngram_size < 0 or self.warmup_batches < 0:
-            raise ValueError("no_repeat_ngram_size: must be >= 0")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.warmup_batches < 0:
+            raise ValueError(f"warmup_batches: must be >= 0, got {self.warmup_batches}")
         for m in self.metrics:
             _choice("metrics", m, ("rouge", "bleu", "sacrebleu", "chrf"))
+        for b in self.baselines:
+            _choice("baselines", b, ("copy_source", "untrained_student"))
 
 
 @dataclass
@@ -421,6 +429,11 @@ def _convert(tp, value, where):
         return dict(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 5e-5 (no dot) as a string; accept what is plainly a number
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, str, bool) and type(value) is tp:
         return value
     if tp is Any:
@@ -447,6 +460,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        value = raw  # 'detoxify: ' is a prefix string, not a one-key mapping
     return key.strip().split("."), value
 
 

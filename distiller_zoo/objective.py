@@ -1,0 +1,58 @@
+"""The student's objective: ``ce_weight * CE + sum_i weight_i * loss_i``, as sums over tokens."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """Summed token cross-entropy in float32; ``[B, T, V]``, ``[B, T]`` -> scalar.
+
+    Padded vocabulary rows (beyond ``vocab_size``) are excluded from the softmax so the CE
+    and the KD terms see the same distribution."""
+    v = min(logits.shape[-1], vocab_size or logits.shape[-1])
+    return F.cross_entropy(logits[..., :v].float().reshape(-1, v), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class Objective(nn.Module):
+    """Weighted sum of cross-entropy and distillation terms.
+
+    ``forward(student_out, teacher_out, labels)`` returns ``(total, terms)``: the weighted
+    sum and each unweighted term, all sums over target tokens. Trainable parts of losses
+    (e.g. feature projections) are submodules here, so the optimizer and checkpoints see them.
+    """
+
+    def __init__(self, ce_weight: float, terms: list[tuple[str, float, DistillationLoss]], vocab_size: int):
+        super().__init__()
+        self.ce_weight = ce_weight
+        self.names = [name for name, _, _ in terms]
+        self.weights = [w for _, w, _ in terms]
+        self.losses = nn.ModuleList([loss for _, _, loss in terms])
+        for loss in self.losses:
+            if isinstance(loss, LogitLoss):
+                loss.vocab_size = vocab_size
+        self.vocab_size = vocab_size
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset().union(*(loss.requires for loss in self.losses)) if self.losses else frozenset()
+
+    def formula(self) -> str:
+        parts = [f"{self.ce_weight:g} * CE"] if self.ce_weight else []
+        parts += [f"{w:g} * {loss.describe()}" for w, loss in zip(self.weights, self.losses) if w]
+        return "loss = " + " + ".join(parts)
+
+    def forward(self, student_out, teacher_out, labels):
+        terms = {"ce": cross_entropy_sum(student_out.logits, labels, self.vocab_size)}
+        total = self.ce_weight * terms["ce"]
+        for name, w, loss in zip(self.names, self.weights, self.losses):
+            if w == 0:
+                continue
+            key = name if name not in terms else f"{name}_{len(terms)}"
+            terms[key] = loss(student_out, teacher_out, labels)
+            total = total + w * terms[key]
+        return total, terms

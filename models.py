@@ -1,0 +1,228 @@
+"""Tokenizers and models: from the hub, from a local directory, or built from scratch.
+
+Hub access is guarded: a name that is neither a local directory nor in the local cache is
+only requested from the hub after a 3-second reachability probe, so an offline machine gets
+one clear line suggesting a local path instead of huggingface_hub's 30-second retry loop.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration,
+                          BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast, T5Config,
+                          T5ForConditionalGeneration, T5TokenizerFast)
+
+from config import ArchConfig, ModelConfig, TokenizerConfig, TokenizerTrainConfig
+from utils import UserError, log
+
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3 in trained tokenizers
+
+
+# --------------------------------------------------------------------------- hub access
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A cheap TCP probe of the hub endpoint (HF_ENDPOINT honoured)."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def from_hub(loader, name: str, what: str, **kwargs):
+    """Call ``loader(name, ...)``: local directory or cache first, the hub only if reachable."""
+    if Path(name).exists():
+        return loader(name, **kwargs)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"{what} {name!r}: no such directory (give an existing local path or a hub id)")
+    try:
+        return loader(name, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    if hub_offline() or not hub_reachable():
+        raise UserError(f"{what} {name!r} is not cached and the model hub cannot be reached (offline); "
+                        f"download it on a connected machine and give its local directory instead")
+    try:
+        return loader(name, **kwargs)
+    except OSError as e:
+        raise UserError(f"{what} {name!r} could not be loaded from the hub ({str(e).splitlines()[0]}); "
+                        f"check the name or give a local directory") from None
+
+
+# --------------------------------------------------------------------------- tokenizers
+def load_tokenizer(cfg: TokenizerConfig, model_path: str | None, train_texts=None, save_dir: Path | None = None):
+    """The tokenizer a model config asks for, with a pad and an eos token guaranteed."""
+    if cfg.train:
+        if train_texts is None:
+            raise UserError("tokenizer.train needs the training data; configure data.* as well")
+        tok = train_tokenizer(train_texts, cfg.train)
+    elif cfg.path:
+        tok = tokenizer_from_path(cfg.path, cfg.extra_ids)
+    elif model_path:
+        tok = from_hub(AutoTokenizer.from_pretrained, model_path, "tokenizer")
+    else:
+        raise UserError("tokenizer: set tokenizer.path or tokenizer.train (or name_or_path for a pretrained model)")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # GPT-2 style tokenizers ship without padding
+    if tok.eos_token is None:
+        raise UserError(f"tokenizer {cfg.path or model_path}: it has no end-of-sequence token; "
+                        f"a seq2seq model needs one (use a T5/BART tokenizer or tokenizer.train)")
+    if save_dir is not None:
+        tok.save_pretrained(save_dir)
+    return tok
+
+
+def tokenizer_from_path(path: str, extra_ids: int | None = None):
+    """Load a tokenizer from a directory or a single file, recognising its kind by its files."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"tokenizer.path {path}: no such file or directory (point it at a tokenizer "
+                        f"directory, tokenizer.json or spiece.model)")
+    kwargs = {} if extra_ids is None else {"extra_ids": extra_ids}
+    if p.is_file() and p.suffix == ".model":
+        if p.name == "spiece.model":
+            return T5TokenizerFast.from_pretrained(str(p.parent), **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:  # T5TokenizerFast finds its model by name only
+            (Path(tmp) / "spiece.model").symlink_to(p.resolve())
+            return T5TokenizerFast.from_pretrained(tmp, **kwargs)
+    if p.is_file() and p.name.endswith(".json"):
+        return _wrap_tokenizer_json(p)
+    if p.is_file():
+        raise UserError(f"tokenizer.path {path}: unknown tokenizer file (expected tokenizer.json, "
+                        f"*.model or a directory)")
+    files = {f.name for f in p.iterdir()}
+    if "tokenizer_config.json" in files:
+        return AutoTokenizer.from_pretrained(str(p))
+    if "tokenizer.json" in files:
+        return _wrap_tokenizer_json(p / "tokenizer.json")
+    if "spiece.model" in files:
+        return T5TokenizerFast.from_pretrained(str(p), **kwargs)
+    if {"vocab.json", "merges.txt"} <= files:
+        return GPT2TokenizerFast.from_pretrained(str(p))
+    if "vocab.txt" in files:
+        return BertTokenizerFast.from_pretrained(str(p))
+    raise UserError(f"tokenizer.path {path}: no tokenizer files found (tokenizer.json, spiece.model, "
+                    f"vocab.json+merges.txt or vocab.txt)")
+
+
+def _wrap_tokenizer_json(path: Path) -> PreTrainedTokenizerFast:
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    vocab = tok.get_vocab()
+    for attr, candidates in (("pad_token", ["<pad>", "[PAD]"]), ("eos_token", ["</s>", "<|endoftext|>", "[SEP]"]),
+                             ("unk_token", ["<unk>", "[UNK]"]), ("bos_token", ["<s>", "[CLS]"])):
+        found = next((c for c in candidates if c in vocab), None)
+        if found:
+            setattr(tok, attr, found)
+    return tok
+
+
+def train_tokenizer(texts, cfg: TokenizerTrainConfig) -> PreTrainedTokenizerFast:
+    """Train a SentencePiece-style (Metaspace) BPE or Unigram tokenizer that appends ``</s>``.
+
+    Metaspace keeps word boundaries as '▁', so decoding restores the original spacing."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    if cfg.model == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    else:
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIAL_TOKENS,
+                                          unk_token="<unk>", show_progress=False)
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(texts, trainer=trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", bos_token="<s>")
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two tokenizers map every token to the same id (logit KD needs this)."""
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
+# --------------------------------------------------------------------------- models
+def build_model(cfg: ModelConfig, tokenizer, attentions: bool = False):
+    """A seq2seq model: pretrained by name/path, or randomly initialised from ``cfg.arch``.
+
+    ``attentions=True`` selects eager attention: transformers 5's sdpa returns no attention maps."""
+    attn = {"attn_implementation": "eager"} if attentions else {}
+    if cfg.init == "pretrained":
+        model = from_hub(AutoModelForSeq2SeqLM.from_pretrained, cfg.name_or_path, "model", **attn)
+        check_vocab_fits(model, tokenizer, cfg.name_or_path)
+        return model
+    model = scratch_model(cfg.arch, tokenizer, **attn)
+    n = sum(p.numel() for p in model.parameters())
+    log.info("built %s from scratch: %.2fM parameters, vocab %d", cfg.arch.type, n / 1e6, len(tokenizer))
+    return model
+
+
+def scratch_model(arch: ArchConfig, tokenizer, **kwargs):
+    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if arch.type == "t5":
+        config = T5Config(vocab_size=len(tokenizer), d_model=arch.d_model, d_kv=arch.d_model // arch.heads,
+                          d_ff=arch.d_ff, num_layers=arch.encoder_layers, num_decoder_layers=arch.decoder_layers,
+                          num_heads=arch.heads, dropout_rate=arch.dropout,
+                          decoder_start_token_id=tokenizer.pad_token_id, **ids)
+        return T5ForConditionalGeneration._from_config(config, **kwargs)
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    config = BartConfig(vocab_size=len(tokenizer), d_model=arch.d_model, encoder_layers=arch.encoder_layers,
+                        decoder_layers=arch.decoder_layers, encoder_attention_heads=arch.heads,
+                        decoder_attention_heads=arch.heads, encoder_ffn_dim=arch.d_ff, decoder_ffn_dim=arch.d_ff,
+                        dropout=arch.dropout, max_position_embeddings=arch.max_positions, bos_token_id=bos,
+                        decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
+                        **ids)
+    return BartForConditionalGeneration._from_config(config, **kwargs)
+
+
+def check_vocab_fits(model, tokenizer, name: str) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but model {name} has only {rows} embedding rows; "
+                        f"use the model's own tokenizer")
+
+
+def load_saved(path: str | Path, what: str, attentions: bool = False):
+    """A model exported by this tool (or any save_pretrained directory) and its tokenizer."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise UserError(f"{what} {path}: not a saved model directory (no config.json); give the directory "
+                        f"written by train_teacher / distill_student (…/final)")
+    attn = {"attn_implementation": "eager"} if attentions else {}
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(p), **attn)
+    tok = tokenizer_from_path(str(p))
+    check_vocab_fits(model, tok, str(p))
+    return model, tok
+
+
+def export(model, tokenizer, out_dir: Path) -> Path:
+    """save_pretrained (safetensors) plus the tokenizer, loadable by the Auto classes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def model_dtype_size(model: torch.nn.Module) -> int:
+    """Bytes of parameters and buffers in memory (tied weights once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total

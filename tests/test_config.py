@@ -1,0 +1,129 @@
+"""Config parsing and validation: one schema for JSON and YAML, one-line errors naming file and key."""
+from __future__ import annotations
+
+import pytest
+
+from config import DEMO_CONFIG, Config, load_config, reference_markdown, to_dict
+from utils import UserError
+
+
+def test_demo_config_loads_and_matches_its_documented_shape():
+    cfg = load_config(DEMO_CONFIG)
+    assert isinstance(cfg, Config)
+    assert cfg.teacher.init == "scratch" and cfg.teacher.arch.type == "bart"
+    assert cfg.data.synthetic.task == "polite_rewrite"
+    assert cfg.distill.losses[0].name == "vanilla_kl" and cfg.distill.losses[0].params == {"temperature": 2.0}
+
+
+def test_json_and_yaml_give_the_same_config(tiny_config_dict, write_config):
+    a = load_config(write_config(tiny_config_dict, "c.json"))
+    b = load_config(write_config(tiny_config_dict, "c.yaml"))
+    assert to_dict(a) == to_dict(b)
+
+
+def test_unknown_key_names_file_key_and_suggestion(tiny_config_dict, write_config):
+    tiny_config_dict["training"]["student"]["lerning_rate"] = 1e-3
+    path = write_config(tiny_config_dict)
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and "training.student.lerning_rate" in msg and "did you mean 'learning_rate'" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("section,key,value,expect", [
+    ("training", "seed", "abc", "training.seed: expected int, got str"),
+    ("data", "max_source_length", 0, "data.max_source_length: must be > 0"),
+    ("data", "split_ratios", [0.5, 0.5], "data.split_ratios"),
+    ("benchmark", "num_beams", 1.5, "benchmark.num_beams: expected int"),
+    ("training", "precision", "fp8", "training.precision: 'fp8' is not one of"),
+    ("distill", "ce_weight", -1, "distill.ce_weight: must be >= 0"),
+])
+def test_wrong_type_or_range_is_one_line(tiny_config_dict, write_config, section, key, value, expect):
+    tiny_config_dict[section][key] = value
+    with pytest.raises(UserError, match=expect.replace("[", r"\[").replace("(", r"\(")) as e:
+        load_config(write_config(tiny_config_dict))
+    assert "\n" not in str(e.value)
+
+
+def test_nested_range_errors_name_the_full_key(tiny_config_dict, write_config):
+    tiny_config_dict["training"]["teacher"]["learning_rate"] = -1e-3
+    with pytest.raises(UserError, match=r"training\.teacher\.learning_rate: must be > 0"):
+        load_config(write_config(tiny_config_dict))
+    tiny_config_dict["training"]["teacher"]["learning_rate"] = 1e-3
+    tiny_config_dict["student"]["arch"]["heads"] = 5
+    with pytest.raises(UserError, match=r"student\.arch\.heads: d_model 32 is not divisible by heads 5"):
+        load_config(write_config(tiny_config_dict))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"training": {"seed": 1,}}')
+    with pytest.raises(UserError, match=r"bad.json: malformed JSON at line 1"):
+        load_config(bad)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("training:\n  seed: [1, 2\n")
+    with pytest.raises(UserError, match=r"bad.yaml: malformed YAML"):
+        load_config(bad_yaml)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        load_config(top)
+
+
+def test_set_overrides_parse_values_as_yaml(tiny_config_dict, write_config):
+    cfg = load_config(write_config(tiny_config_dict), ["training.student.learning_rate=1e-4", "data.prefix=detoxify: ",
+                                                       "benchmark.bad_phrases=[idiot, moron]", "training.seed=7"])
+    assert cfg.training.student.learning_rate == 1e-4
+    assert cfg.data.prefix == "detoxify: "  # kept as typed, not read as a YAML mapping
+    assert cfg.benchmark.bad_phrases == ["idiot", "moron"]
+    assert cfg.training.seed == 7
+    cfg = load_config(write_config(tiny_config_dict), ['data.prefix="summarize: "'])
+    assert cfg.data.prefix == "summarize: "
+
+
+def test_set_override_errors_name_the_flag(tiny_config_dict, write_config):
+    with pytest.raises(UserError, match=r"--set training\.sed=1: training\.sed: unknown key \(did you mean 'seed'"):
+        load_config(write_config(tiny_config_dict), ["training.sed=1"])
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_config(write_config(tiny_config_dict), ["training.seed"])
+
+
+def test_section_files_override_the_main_config(tiny_config_dict, write_config, tmp_path):
+    student = tmp_path / "student.yaml"
+    student.write_text("student:\n  init: pretrained\n  name_or_path: t5-small\n")
+    cfg = load_config(write_config(tiny_config_dict), sections={"student": student})
+    assert cfg.student.init == "pretrained" and cfg.student.name_or_path == "t5-small"
+    bare = tmp_path / "teacher.json"
+    bare.write_text('{"init": "pretrained", "name_or_path": "t5-base", "arch": {"d_modle": 3}}')
+    with pytest.raises(UserError, match=r"teacher.json: teacher\.arch\.d_modle: unknown key"):
+        load_config(write_config(tiny_config_dict), sections={"teacher": bare})
+
+
+def test_loss_options_may_sit_beside_name_and_weight(tiny_config_dict, write_config):
+    tiny_config_dict["distill"]["losses"] = [{"name": "vanilla_kl", "weight": 0.7, "params": {"temperature": 3}},
+                                             {"name": "vanilla_kl", "temperature": 1.0}]
+    cfg = load_config(write_config(tiny_config_dict))
+    assert [s.params for s in cfg.distill.losses] == [{"temperature": 3}, {"temperature": 1.0}]
+
+
+def test_pretrained_model_needs_a_name(tiny_config_dict, write_config):
+    tiny_config_dict["teacher"] = {"init": "pretrained"}
+    with pytest.raises(UserError, match=r"teacher\.name_or_path: init 'pretrained' needs name_or_path"):
+        load_config(write_config(tiny_config_dict))
+
+
+def test_relative_data_paths_resolve_against_the_config_directory(tiny_config_dict, write_config, tmp_path):
+    (tmp_path / "d.csv").write_text("source,target\na,b\n")
+    tiny_config_dict["data"] = {"train_file": "d.csv"}
+    cfg = load_config(write_config(tiny_config_dict))
+    assert cfg.data.train_file == str(tmp_path / "d.csv")
+
+
+def test_reference_documents_every_field():
+    text = reference_markdown()
+    for key in ("`learning_rate`", "`gradient_accumulation_steps`", "`target_column`", "`bad_phrases`",
+                "`ce_weight`", "#### `training.student`", "#### `data.synthetic`"):
+        assert key in text

@@ -1,0 +1,398 @@
+"""Hand-written training loops for the teacher (cross-entropy) and the student (CE + distillation).
+
+One loop serves both: the student's differs only in its loss, which also runs the frozen
+teacher. Each optimizer step consumes a *window* of ``gradient_accumulation_steps``
+micro-batches; every loss is a sum over target tokens, divided once by the number of target
+tokens in the whole window, so unequal micro-batches weigh every token equally.
+
+Data order is a pure function of (seed, epoch), and checkpoints record the position
+(epoch, window) and all RNG states, so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_scheduler
+
+from config import BenchmarkConfig, OptimConfig
+from data_loader import Example, Seq2SeqCollator
+from distiller_zoo import Objective, cross_entropy_sum
+from generation import decoding_kwargs, generate_texts
+from utils import Precision, UserError, log
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0           # optimizer steps done
+    epoch: int = 0          # current epoch
+    window: int = 0         # next accumulation window within the epoch
+    best_metric: float | None = None
+    best_step: int | None = None
+    history: list = field(default_factory=list)  # validation results
+
+
+@dataclass
+class TrainJob:
+    """Everything a run needs besides the model; built by main.py."""
+
+    role: str                       # "teacher" or "student"
+    optim: OptimConfig
+    train_pairs: list[tuple[str, str]]
+    val_examples: list[Example]
+    collator: Seq2SeqCollator
+    run_dir: Path                   # <output_dir>/<role>
+    checkpoint_dir: Path            # <checkpoint_dir>/<role>
+    device: torch.device
+    precision: Precision
+    seed: int
+    config: dict                    # resolved config, stored in checkpoints
+    generation: BenchmarkConfig     # decoding for generation metrics during validation
+    objective: Objective | None = None
+    teacher: torch.nn.Module | None = None
+
+
+class Trainer:
+    def __init__(self, job: TrainJob, model, tokenizer):
+        self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
+        self.objective = job.objective.to(job.device) if job.objective else None
+        if job.teacher is not None:
+            job.teacher.to(job.device).eval().requires_grad_(False)
+        o = job.optim
+        self.micro_batches = math.ceil(len(job.train_pairs) / o.batch_size)
+        self.windows_per_epoch = math.ceil(self.micro_batches / o.gradient_accumulation_steps)
+        self.total_steps = o.max_steps or o.epochs * self.windows_per_epoch
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o.learning_rate, betas=tuple(o.adam_betas))
+        self.scheduler = get_scheduler(o.scheduler, self.optimizer, num_warmup_steps=int(o.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.scaler = job.precision.grad_scaler()
+        self.state = TrainState()
+        self._order: tuple[int, list] | None = None
+        self.metric_for_best = o.metric_for_best
+        self.greater_is_better = o.metric_for_best != "loss"
+
+    # ------------------------------------------------------------------ setup
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"model": self.model}
+        if self.objective is not None and any(p.requires_grad for p in self.objective.parameters()):
+            mods["objective"] = self.objective  # e.g. feature projections, trained with the student
+        return mods
+
+    def _param_groups(self):
+        # Weight decay on matrices only: decaying biases and norm gains hurts and helps nothing.
+        params = [p for m in self.trainable_modules().values() for p in m.parameters() if p.requires_grad]
+        unique = list({id(p): p for p in params}.values())
+        return [{"params": [p for p in unique if p.ndim >= 2], "weight_decay": self.job.optim.weight_decay},
+                {"params": [p for p in unique if p.ndim < 2], "weight_decay": 0.0}]
+
+    # ------------------------------------------------------------------ data order
+    def window_batches(self, epoch: int, window: int) -> list[list[tuple[str, str]]]:
+        """The micro-batches (lists of pairs) of one accumulation window; order fixed by (seed, epoch)."""
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.job.seed * 1000 + epoch)
+            perm = torch.randperm(len(self.job.train_pairs), generator=g).tolist()
+            self._order = (epoch, perm)
+        bs, accum = self.job.optim.batch_size, self.job.optim.gradient_accumulation_steps
+        perm = self._order[1]
+        first = window * accum
+        last = min(first + accum, self.micro_batches)
+        return [[self.job.train_pairs[i] for i in perm[m * bs:(m + 1) * bs]] for m in range(first, last)]
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume: Path | None = None) -> Path:
+        """Train to ``total_steps``; returns the exported final model directory."""
+        job = self.job
+        if resume is not None:
+            self.load_checkpoint(resume)
+        log.info("%s: %d training pairs, %d validation examples, %d optimizer steps (%d per epoch), "
+                 "batch %d x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
+                 len(job.val_examples), self.total_steps, self.windows_per_epoch, job.optim.batch_size,
+                 job.optim.gradient_accumulation_steps, job.precision.name, job.device)
+        if self.objective is not None:
+            log.info("student objective: %s", self.objective.formula())
+        self.model.train()
+        metrics_file = open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        progress = _progress(self.total_steps, self.state.step, job.role)
+        tokens_seen, t0 = 0, time.perf_counter()
+        try:
+            while self.state.step < self.total_steps:
+                record = self.train_step(self.window_batches(self.state.epoch, self.state.window))
+                tokens_seen += record.pop("_tokens")
+                epoch_done = self._advance()
+                progress.update(1)
+                if self.state.step % job.optim.log_every == 0 or self.state.step == self.total_steps:
+                    elapsed = time.perf_counter() - t0
+                    record.update(tokens_per_s=round(tokens_seen / max(elapsed, 1e-9), 1))
+                    tokens_seen, t0 = 0, time.perf_counter()
+                    _write_jsonl(metrics_file, record)
+                    log.info("%s step %d/%d loss %.4f lr %.2e %s", job.role, record["step"], self.total_steps,
+                             record["loss"], record["lr"], _fmt_terms(record))
+                if self._should_evaluate(epoch_done):
+                    _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
+                    self.save_checkpoint()
+        finally:
+            progress.close()
+            metrics_file.close()
+        return self.finish()
+
+    def train_step(self, window: list[list[tuple[str, str]]]) -> dict:
+        """One optimizer step over an accumulation window; returns the step's log record."""
+        job = self.job
+        batches = [self._to_device(job.collator(pairs)) for pairs in window]
+        n_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+        sums: dict[str, float] = {}
+        for batch in batches:
+            with job.precision.autocast():
+                total, terms = self.loss_sums(batch)
+            # Divide once by the window's token count: the gradient equals that of one big batch.
+            self.scaler.scale(total / n_tokens).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+        loss = sums["loss"] / n_tokens
+        if not math.isfinite(loss):
+            raise UserError(f"{job.role}: the loss became {loss} at step {self.state.step + 1}; lower "
+                            f"training.{job.role}.learning_rate or use precision bf16 instead of fp16")
+        self.scaler.unscale_(self.optimizer)
+        if job.optim.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           job.optim.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        record = {"step": self.state.step + 1, "epoch": self.state.epoch, "loss": round(loss, 6), "lr": lr,
+                  "_tokens": n_tokens}
+        record.update({k: round(v / n_tokens, 6) for k, v in sums.items() if k != "loss"})
+        return record
+
+    def loss_sums(self, batch: dict):
+        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens."""
+        need = self.objective.requires if self.objective is not None else frozenset()
+        out = self._forward(self.model, batch, need)
+        if self.objective is None:
+            ce = cross_entropy_sum(out.logits, batch["labels"], len(self.tokenizer))
+            return ce, {"ce": ce}
+        with torch.no_grad():
+            teacher_out = self._forward(self.job.teacher, batch, need)
+        return self.objective(out, teacher_out, batch["labels"])
+
+    @staticmethod
+    def _forward(model, batch, need):
+        dec = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=dec,
+                     output_hidden_states="hidden_states" in need, output_attentions="attentions" in need,
+                     use_cache=False)
+
+    def _to_device(self, batch):
+        return {k: v.to(self.job.device, non_blocking=True) for k, v in batch.items()}
+
+    def _advance(self) -> bool:
+        """Move to the next window; True when an epoch just ended."""
+        s = self.state
+        s.step += 1
+        s.window += 1
+        if s.window >= self.windows_per_epoch:
+            s.epoch, s.window = s.epoch + 1, 0
+            return True
+        return False
+
+    def _should_evaluate(self, epoch_done: bool) -> bool:
+        if not self.job.val_examples:
+            return self.state.step == self.total_steps
+        every = self.job.optim.eval_every
+        periodic = (self.state.step % every == 0) if every else epoch_done
+        return periodic or self.state.step == self.total_steps
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss (CE per target token) and, when the best metric needs them, generation metrics."""
+        job = self.job
+        self.model.eval()
+        result = {"loss": self._validation_loss()}
+        if self.metric_for_best != "loss":
+            result.update(self._generation_metrics())
+        self.model.train()
+        self._track_best(result)
+        log.info("%s validation at step %d: %s", job.role, self.state.step,
+                 " ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
+
+    def _validation_loss(self) -> float:
+        job = self.job
+        pairs = [(e.source, e.references[0]) for e in job.val_examples]
+        total, tokens = 0.0, 0
+        for i in range(0, len(pairs), job.optim.eval_batch_size):
+            batch = self._to_device(job.collator(pairs[i:i + job.optim.eval_batch_size]))
+            with job.precision.autocast():
+                out = self._forward(self.model, batch, frozenset())
+            total += float(cross_entropy_sum(out.logits, batch["labels"], len(self.tokenizer)))
+            tokens += int((batch["labels"] != -100).sum())
+        return total / max(tokens, 1)
+
+    def _generation_metrics(self) -> dict:
+        from metrics import compute_metrics
+        job = self.job
+        examples = job.val_examples[:job.optim.eval_generate_samples]
+        preds, _ = generate_texts(self.model, self.tokenizer, [e.source for e in examples],
+                                  prefix=job.collator.prefix, max_source_length=job.collator.max_source_length,
+                                  gen_kwargs=decoding_kwargs(job.generation, self.tokenizer),
+                                  batch_size=job.optim.eval_batch_size, device=job.device, precision=job.precision)
+        scores = compute_metrics(preds, [e.references for e in examples])
+        scores["bleu"] = scores.get("bleu4", scores.get("sacrebleu"))
+        if self.metric_for_best not in scores:
+            raise UserError(f"training.{job.role}.metric_for_best {self.metric_for_best!r} is not a computed metric; "
+                            f"choose loss or one of {', '.join(sorted(scores))}")
+        return scores
+
+    def _track_best(self, result: dict) -> None:
+        s, value = self.state, result[self.metric_for_best]
+        s.history.append({"step": s.step, **result})
+        better = s.best_metric is None or (value > s.best_metric if self.greater_is_better else value < s.best_metric)
+        if better:
+            s.best_metric, s.best_step = value, s.step
+            self._save_weights(self.job.checkpoint_dir / "best.pt")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_weights(self, path: Path) -> None:
+        state = {name: m.state_dict() for name, m in self.trainable_modules().items()}
+        _atomic_torch_save({"weights": state, "step": self.state.step, "config": self.job.config}, path)
+
+    def save_checkpoint(self) -> Path:
+        """Everything needed to continue exactly; written atomically; keeps the newest N."""
+        job, s = self.job, self.state
+        payload = {
+            "weights": {name: m.state_dict() for name, m in self.trainable_modules().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "state": asdict(s),
+            "role": job.role,
+            "total_steps": self.total_steps,
+            "config": job.config,
+        }
+        path = job.checkpoint_dir / f"step_{s.step:08d}.pt"
+        _atomic_torch_save(payload, path)
+        for old in sorted(job.checkpoint_dir.glob("step_*.pt"))[:-job.optim.save_total_limit]:
+            old.unlink()
+        log.info("%s checkpoint saved: %s", job.role, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        ckpt = load_checkpoint_file(path)
+        if ckpt.get("role") != self.job.role:
+            raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {self.job.role} one; "
+                            f"pass the {self.job.role}'s checkpoint or 'auto'")
+        for name, module in self.trainable_modules().items():
+            try:
+                module.load_state_dict(ckpt["weights"][name])
+            except (KeyError, RuntimeError) as e:
+                raise UserError(f"checkpoint {path} does not fit the configured {self.job.role} "
+                                f"({str(e).splitlines()[0][:200]}); resume with the config it was saved with") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        self.state = TrainState(**ckpt["state"])
+        log.info("%s: resumed from %s at step %d (epoch %d)", self.job.role, path, self.state.step, self.state.epoch)
+
+    def finish(self) -> Path:
+        """Load the best weights (if validated) and export model + tokenizer to <run_dir>/final."""
+        from models import export
+        best = self.job.checkpoint_dir / "best.pt"
+        if self.state.best_step is not None and best.is_file():
+            self.model.load_state_dict(load_checkpoint_file(best)["weights"]["model"])
+            log.info("%s: exporting the best model (step %d, %s %.4f)", self.job.role, self.state.best_step,
+                     self.metric_for_best, self.state.best_metric)
+        final = export(self.model, self.tokenizer, self.job.run_dir / "final")
+        summary = {"role": self.job.role, "steps": self.state.step, "best_step": self.state.best_step,
+                   "metric_for_best": self.metric_for_best, "best_metric": self.state.best_metric,
+                   "validation": self.state.history}
+        (self.job.run_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return final
+
+
+# ---------------------------------------------------------------------- helpers
+def load_checkpoint_file(path: Path) -> dict:
+    """Load a checkpoint without executing code from it (weights_only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist; check --resume_from_checkpoint") from None
+    except Exception as e:  # corrupt, truncated or not a checkpoint of ours
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); it may be truncated or "
+                        f"corrupt: resume from an older checkpoint or 'auto'") from None
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    found = sorted(checkpoint_dir.glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # a kill before this line leaves the previous checkpoint untouched
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_jsonl(f, record: dict) -> None:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+
+
+def _fmt_terms(record: dict) -> str:
+    skip = {"step", "epoch", "loss", "lr", "tokens_per_s"}
+    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
+    return f"{terms} ({record.get('tokens_per_s', 0):.0f} tok/s)"
+
+
+class _NullProgress:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, done: int, role: str):
+    """tqdm on a terminal; under nohup the periodic log lines are the progress."""
+    if not sys.stderr.isatty():
+        return _NullProgress()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, desc=role, leave=False)
