@@ -115,7 +115,7 @@ class ModelConfig:
 class SyntheticConfig:
     """A deterministic task the project generates itself (no files, no network)."""
 
-    task: str = doc("Task name; see data_loader.SYNTHETIC_TASKS.", "keyword_summary")
+    task: str = doc("Task name: a key of demo_data.SYNTHETIC_TASKS (polite_rewrite, keyword_summary).", "keyword_summary")
     num_examples: int = doc("Number of examples generated before splitting.", 4000)
     seed: int = doc("Generation seed (same seed, same data).", 0)
 

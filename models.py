@@ -6,11 +6,8 @@ one clear line suggesting a local path instead of huggingface_hub's 30-second re
 """
 from __future__ import annotations
 
-import os
-import socket
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration,
@@ -18,27 +15,12 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, Bart
                           T5ForConditionalGeneration, T5TokenizerFast)
 
 from config import ArchConfig, ModelConfig, TokenizerConfig, TokenizerTrainConfig
-from utils import UserError, log
+from utils import UserError, hub_offline, hub_reachable, log
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3 in trained tokenizers
 
 
 # --------------------------------------------------------------------------- hub access
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap TCP probe of the hub endpoint (HF_ENDPOINT honoured)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def from_hub(loader, name: str, what: str, **kwargs):
     """Call ``loader(name, ...)``: local directory or cache first, the hub only if reachable."""
     if Path(name).exists():

@@ -42,7 +42,6 @@ class Run:
     def splits(self) -> Splits:
         if self._splits is None:
             self._splits = load_splits(self.cfg.data)
-            log.info("data: %s", self._splits.summary())
         return self._splits
 
     def tokenizer_texts(self) -> list[str]:

@@ -1,0 +1,154 @@
+"""End to end: the CLI's four modes on tiny models, the report files, and bad input at the CLI."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from main import main
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """One full_pipeline run on tiny models, shared by the assertions below."""
+    from conftest import TINY_CONFIG
+    tmp = tmp_path_factory.mktemp("pipeline")
+    data = copy.deepcopy(TINY_CONFIG)
+    data["benchmark"]["baselines"] = ["copy_source", "untrained_student"]
+    cfg = tmp / "config.json"
+    cfg.write_text(json.dumps(data))
+    out = tmp / "run"
+    assert main(["--mode", "full_pipeline", "--config", str(cfg), "--output_dir", str(out)]) == 0
+    return cfg, out
+
+
+def test_full_pipeline_writes_models_logs_and_reports(pipeline_run):
+    _, out = pipeline_run
+    for role in ("teacher", "student"):
+        assert (out / role / "final" / "model.safetensors").is_file()
+        assert (out / role / "final" / "tokenizer.json").is_file()
+        records = [json.loads(line) for line in (out / role / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+        assert [r["step"] for r in records if "eval" in r] == [3, 6]
+        assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records if "loss" in r)
+    student_terms = json.loads((out / "student" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"ce", "vanilla_kl"} <= set(student_terms)
+    resolved = json.loads((out / "config.resolved.json").read_text())
+    assert resolved["training"]["output_dir"] == str(out)
+    assert "student objective: loss = 0.5 * CE + 0.5 * VanillaKL(T=2)" in (out / "logs" / "run.log").read_text()
+
+
+def test_report_files_parse_and_agree(pipeline_run):
+    _, out = pipeline_run
+    results = json.loads((out / "benchmark_results.json").read_text())
+    names = [m["name"] for m in results["models"]]
+    assert names == ["teacher", "student", "copy_source", "untrained_student"]
+    teacher, student = results["models"][:2]
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu1", "bleu4", "sacrebleu", "chrf"):
+        assert 0 <= student["metrics"][key] <= 100
+    for key in ("params_total", "size_on_disk_mb", "samples_per_s", "tokens_per_s"):
+        assert student[key] > 0
+    comp = results["comparison"]
+    assert comp["compression_ratio"] == pytest.approx(teacher["params_total"] / student["params_total"], rel=1e-3)
+    assert comp["speedup"] == pytest.approx(student["samples_per_s"] / teacher["samples_per_s"], rel=1e-2)
+    for key, pct in comp["retention_pct"].items():
+        if teacher["metrics"][key]:
+            assert pct == pytest.approx(100 * student["metrics"][key] / teacher["metrics"][key], abs=0.01)
+    assert results["decoding"]["num_beams"] == 1 and results["environment"]["precision"] == "fp32"
+    rows = list(csv.DictReader((out / "comparison_table.csv").open()))
+    assert [r["model"] for r in rows] == names
+    assert float(rows[1]["rougeL"]) == student["metrics"]["rougeL"]
+    text = (out / "benchmark_report.txt").read_text()
+    assert "retention %" in text and "compression ratio" in text and f"{comp['compression_ratio']:.2f}x" in text
+    preds = [json.loads(line) for line in (out / "predictions_student.jsonl").read_text().splitlines()]
+    assert len(preds) == results["num_examples"] and {"source", "references", "prediction"} <= set(preds[0])
+    copy_rows = [json.loads(line) for line in (out / "predictions_copy_source.jsonl").read_text().splitlines()]
+    assert all(r["prediction"] == r["source"] for r in copy_rows)
+
+
+def test_modes_one_by_one_and_refusal_to_overwrite(pipeline_run, tmp_path):  # runs last: it overwrites
+    cfg, out = pipeline_run
+    # benchmark alone on the pair the pipeline trained, into another directory
+    bench = tmp_path / "bench"
+    assert main(["--mode", "benchmark", "--config", str(cfg), "--output_dir", str(bench),
+                 "--teacher_path", str(out / "teacher/final"), "--student_path", str(out / "student/final")]) == 0
+    assert json.loads((bench / "benchmark_results.json").read_text())["comparison"]["compression_ratio"] > 1
+    # one model only: no comparison, still all three files
+    single = tmp_path / "single"
+    assert main(["--mode", "benchmark", "--config", str(cfg), "--output_dir", str(single),
+                 "--student_path", str(out / "student/final")]) == 0
+    results = json.loads((single / "benchmark_results.json").read_text())
+    assert [m["name"] for m in results["models"]] == ["student", "copy_source", "untrained_student"]
+    assert results["comparison"] == {}
+    # distilling again into the same directory is refused, the earlier student untouched
+    before = (out / "student/final/model.safetensors").read_bytes()
+    assert main(["--mode", "distill_student", "--config", str(cfg), "--output_dir", str(out)]) == 2
+    assert (out / "student/final/model.safetensors").read_bytes() == before
+    assert main(["--mode", "distill_student", "--config", str(cfg), "--output_dir", str(out), "--overwrite"]) == 0
+
+
+def test_distill_from_a_teacher_path_in_a_new_directory(pipeline_run, tmp_path):
+    cfg, out = pipeline_run
+    new = tmp_path / "distill_only"
+    assert main(["--mode", "distill_student", "--config", str(cfg), "--output_dir", str(new),
+                 "--teacher_path", str(out / "teacher/final")]) == 0
+    assert (new / "student/final/config.json").is_file()
+    assert not (new / "teacher").exists()
+
+
+def test_distill_without_a_teacher_explains_what_to_do(tiny_config_dict, write_config, tmp_path, capsys):
+    code = main(["--mode", "distill_student", "--config", str(write_config(tiny_config_dict)),
+                 "--output_dir", str(tmp_path / "x")])
+    assert code == 2
+    assert "run --mode train_teacher first" in capsys.readouterr().err
+
+
+def test_cli_misspelled_key_exits_2_with_one_line_and_no_traceback(tiny_config_dict, write_config):
+    tiny_config_dict["training"]["sede"] = 3
+    path = write_config(tiny_config_dict)
+    proc = run_cli("--mode", "train_teacher", "--config", path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {path}: training.sede: unknown key (did you mean 'seed'?)"
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_help_lists_every_mode_with_an_example():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for mode in ("train_teacher", "distill_student", "benchmark", "full_pipeline"):
+        assert f"python main.py --mode {mode}" in proc.stdout
+    for flag in ("--teacher_config", "--student_config", "--resume_from_checkpoint", "--set", "--print-config"):
+        assert flag in proc.stdout
+
+
+def test_print_config_applies_flags_and_overrides(tiny_config_dict, write_config, tmp_path):
+    proc = run_cli("--config", write_config(tiny_config_dict), "--output_dir", tmp_path / "o", "--device", "cpu",
+                   "--set", "training.student.batch_size=3")
+    assert proc.returncode == 0, proc.stderr
+    # without --print-config this would have run; with it nothing is written
+    proc = run_cli("--config", write_config(tiny_config_dict), "--output_dir", tmp_path / "p",
+                   "--set", "training.student.batch_size=3", "--print-config")
+    cfg = json.loads(proc.stdout)
+    assert cfg["training"]["student"]["batch_size"] == 3 and cfg["training"]["output_dir"] == str(tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
+def test_cuda_requested_without_a_gpu(tiny_config_dict, write_config, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = run_cli("--mode", "train_teacher", "--config", write_config(tiny_config_dict), "--device", "cuda",
+                   "--output_dir", tmp_path / "o")
+    assert proc.returncode == 2 and "no CUDA GPU is available" in proc.stderr and "Traceback" not in proc.stderr
