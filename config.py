@@ -445,7 +445,8 @@ def _type_name(tp):
     if typing.get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        return "a list of mappings" if dataclasses.is_dataclass(item) else f"a list of {_type_name(item)}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return getattr(tp, "__name__", str(tp))
@@ -533,27 +534,35 @@ def config_from_dict(data: dict) -> Config:
 
 
 def reference_markdown() -> str:
-    """The README's config reference, generated from the field docs."""
-    lines = []
+    """The README's config reference, generated from the field docs (tests keep the README current)."""
+    lines: list[str] = []
+    seen: dict[type, str] = {}
+    hints = typing.get_type_hints(Config)
     for section in dataclasses.fields(Config):
-        _reference(section.type if not isinstance(section.type, str) else typing.get_type_hints(Config)[section.name],
-                   section.name, lines)
-    return "\n".join(lines)
+        _reference(hints[section.name], section.name, lines, seen)
+    return "\n".join(lines).strip() + "\n"
 
 
-def _reference(cls, prefix, lines):
+def _reference(cls, prefix, lines, seen):
+    if cls in seen:
+        lines.append(f"\n#### `{prefix}`\n\nSame keys as `{seen[cls]}`.")
+        return
+    seen[cls] = prefix
     hints = typing.get_type_hints(cls)
-    lines.append(f"\n#### `{prefix}`\n\n{(cls.__doc__ or '').strip().splitlines()[0]}\n")
+    summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    lines.append(f"\n#### `{prefix}`\n\n{summary.replace('``', '`')}\n")
     lines.append("| key | type | default | meaning |\n|---|---|---|---|")
     nested = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] or (
             [tp] if dataclasses.is_dataclass(tp) else [])
-        default = f.default if f.default is not dataclasses.MISSING else (
-            "see below" if inner else f.default_factory())
-        lines.append(f"| `{f.name}` | {_type_name(tp)} | `{json.dumps(default) if not inner else default}` "
-                     f"| {f.metadata.get('doc', '')} |")
+        if inner:
+            default = "see below"
+        else:
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = f"`{json.dumps(value)}`"
+        lines.append(f"| `{f.name}` | {_type_name(tp)} | {default} | {f.metadata.get('doc', '')} |")
         nested += [(a, f"{prefix}.{f.name}") for a in inner]
     for cls2, p in nested:
-        _reference(cls2, p, lines)
+        _reference(cls2, p, lines, seen)

@@ -127,3 +127,26 @@ def test_reference_documents_every_field():
     for key in ("`learning_rate`", "`gradient_accumulation_steps`", "`target_column`", "`bad_phrases`",
                 "`ce_weight`", "#### `training.student`", "#### `data.synthetic`"):
         assert key in text
+
+
+def test_readme_config_reference_is_current():
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    section = readme[readme.index(start) + len(start):readme.index(end)]
+    assert section == reference_markdown(), "regenerate the README's config reference (see the README)"
+
+
+def test_example_configs_load_and_their_local_paths_exist(shared):
+    from conftest import ROOT
+    for path in sorted((ROOT / "configs").rglob("*.*")):
+        cfg = load_config(path)
+        for f in (cfg.data.train_file, cfg.teacher.tokenizer.path, cfg.student.tokenizer.path):
+            if f:
+                assert (ROOT / f).exists() or __import__("pathlib").Path(f).exists(), (path, f)
+
+
+def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  student:\n    learning_rate: 5e-5\n")
+    assert load_config(path).training.student.learning_rate == 5e-5

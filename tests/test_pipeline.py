@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT
 from main import main
+from transformers import AutoConfig
 
 
 def run_cli(*args, cwd=None):
@@ -152,3 +153,33 @@ def test_cuda_requested_without_a_gpu(tiny_config_dict, write_config, tmp_path):
     proc = run_cli("--mode", "train_teacher", "--config", write_config(tiny_config_dict), "--device", "cuda",
                    "--output_dir", tmp_path / "o")
     assert proc.returncode == 2 and "no CUDA GPU is available" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_real_data_t5_tokenizer_and_generation_metric_for_best(shared, tmp_path, write_config):
+    """ParaDetox (3 references) with the genuine T5 tokenizer, T5-style models, best model by rougeL."""
+    t5 = str(shared / "tokenizers" / "t5")
+    arch = {"type": "t5", "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "heads": 2, "d_ff": 64}
+    optim = {"max_steps": 2, "batch_size": 4, "eval_every": 1, "metric_for_best": "rougeL",
+             "eval_generate_samples": 4, "eval_batch_size": 4}
+    cfg = {
+        "teacher": {"init": "scratch", "arch": arch, "tokenizer": {"path": t5}},
+        "student": {"init": "scratch", "arch": arch, "tokenizer": {"path": t5}},
+        "data": {"train_file": str(shared / "data/paradetox/paradetox.tsv"), "source_column": "toxic",
+                 "target_column": ["neutral1", "neutral2", "neutral3"], "prefix": "detoxify: ",
+                 "max_source_length": 32, "max_target_length": 32, "max_train_samples": 16, "max_eval_samples": 4},
+        "training": {"precision": "bf16", "teacher": optim, "student": optim},
+        "distill": {"ce_weight": 1.0, "losses": [{"name": "vanilla_kl", "weight": 0.7, "temperature": 2.0}]},
+        "benchmark": {"num_beams": 2, "no_repeat_ngram_size": 3, "length_penalty": 0.8, "max_new_tokens": 8,
+                      "bad_phrases": ["idiot", "stupid"], "warmup_batches": 0},
+    }
+    out = tmp_path / "run"
+    assert main(["--config", str(write_config(cfg)), "--output_dir", str(out)]) == 0
+    summary = json.loads((out / "student/training_summary.json").read_text())
+    assert summary["metric_for_best"] == "rougeL" and len(summary["validation"]) == 2
+    assert summary["best_metric"] == max(v["rougeL"] for v in summary["validation"])
+    results = json.loads((out / "benchmark_results.json").read_text())
+    assert results["decoding"]["bad_phrases"] == ["idiot", "stupid"]
+    preds = [json.loads(line) for line in (out / "predictions_student.jsonl").read_text().splitlines()]
+    assert len(preds) == 4 and all(1 <= len(p["references"]) <= 3 for p in preds)
+    assert all("idiot" not in p["prediction"] for p in preds)
+    assert AutoConfig.from_pretrained(out / "student/final").vocab_size == 32100
