@@ -18,11 +18,16 @@ from __future__ import annotations
 import inspect
 
 from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, gather_target_logits
-from distiller_zoo.logit import VanillaKL
+from distiller_zoo.logit import GeneralizedJSD, ReverseKL, SkewKL, SkewReverseKL, TotalVariation, VanillaKL
 from distiller_zoo.objective import Objective, cross_entropy_sum
 
 LOSSES: dict[str, type[DistillationLoss]] = {
     "vanilla_kl": VanillaKL,
+    "reverse_kl": ReverseKL,
+    "jsd": GeneralizedJSD,
+    "tvd": TotalVariation,
+    "skew_kl": SkewKL,
+    "skew_reverse_kl": SkewReverseKL,
 }
 
 
@@ -47,4 +52,5 @@ def build_loss(name: str, params: dict | None = None) -> DistillationLoss:
 
 
 __all__ = ["LOSSES", "build_loss", "LossConfigError", "Objective", "cross_entropy_sum", "DistillationLoss",
-           "LogitLoss", "VanillaKL", "gather_target_logits", "IGNORE_INDEX"]
+           "LogitLoss", "VanillaKL", "ReverseKL", "GeneralizedJSD", "TotalVariation", "SkewKL", "SkewReverseKL",
+           "gather_target_logits", "IGNORE_INDEX"]
