@@ -97,12 +97,16 @@ class ModelConfig:
     name_or_path: Optional[str] = doc(
         "Hub id (e.g. 't5-small') or local directory holding a saved model. "
         "Used with init 'pretrained'.", None)
-    init: str = doc("'pretrained' (load name_or_path) or 'scratch' (random init from arch).", "pretrained")
-    arch: ArchConfig = doc("Architecture for init 'scratch'.", factory=ArchConfig)
+    init: str = doc("'pretrained' (load name_or_path), 'scratch' (random init from arch) or, for the student, "
+                    "'shrink' (the teacher's architecture with arch.encoder_layers / arch.decoder_layers layers "
+                    "copied from evenly spaced teacher layers, DistilBART-style; the teacher's tokenizer).",
+                    "pretrained")
+    arch: ArchConfig = doc("Architecture for init 'scratch'; for 'shrink' only the layer counts are used.",
+                           factory=ArchConfig)
     tokenizer: TokenizerConfig = doc("Tokenizer source.", factory=TokenizerConfig)
 
     def __post_init__(self):
-        _choice("init", self.init, ("pretrained", "scratch"))
+        _choice("init", self.init, ("pretrained", "scratch", "shrink"))
         if self.init == "pretrained" and not self.name_or_path:
             raise ValueError("name_or_path: init 'pretrained' needs name_or_path (a hub id or a local directory), "
                              "or set init: scratch")
@@ -324,6 +328,10 @@ class Config:
     training: TrainingConfig = doc("Optimisation and run settings.", factory=TrainingConfig)
     distill: DistillConfig = doc("The student's objective.", factory=DistillConfig)
     benchmark: BenchmarkConfig = doc("Benchmark settings.", factory=BenchmarkConfig)
+
+    def __post_init__(self):
+        if self.teacher.init == "shrink":
+            raise ValueError("teacher.init: 'shrink' is for the student (it copies layers from the teacher)")
 
 
 # --------------------------------------------------------------------------- validators
@@ -566,3 +574,15 @@ def _reference(cls, prefix, lines, seen):
         nested += [(a, f"{prefix}.{f.name}") for a in inner]
     for cls2, p in nested:
         _reference(cls2, p, lines, seen)
+
+
+def write_readme_reference(readme: Path = Path(__file__).resolve().parent / "README.md") -> None:
+    """Replace the README's generated config reference (between its two markers)."""
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    text = readme.read_text(encoding="utf-8")
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + reference_markdown() + end + rest.split(end, 1)[1], encoding="utf-8")
+
+
+if __name__ == "__main__":  # python config.py: refresh the README's config reference
+    write_readme_reference()

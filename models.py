@@ -6,6 +6,8 @@ one clear line suggesting a local path instead of huggingface_hub's 30-second re
 """
 from __future__ import annotations
 
+import copy
+import re
 import tempfile
 from pathlib import Path
 
@@ -170,6 +172,51 @@ def scratch_model(arch: ArchConfig, tokenizer, **kwargs):
                         decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
                         **ids)
     return BartForConditionalGeneration._from_config(config, **kwargs)
+
+
+# Config attribute names of the layer counts, by model family.
+_LAYER_ATTRS = {"t5": ("num_layers", "num_decoder_layers"), "mt5": ("num_layers", "num_decoder_layers"),
+                "umt5": ("num_layers", "num_decoder_layers"), "bart": ("encoder_layers", "decoder_layers"),
+                "mbart": ("encoder_layers", "decoder_layers"), "pegasus": ("encoder_layers", "decoder_layers"),
+                "marian": ("encoder_layers", "decoder_layers")}
+_LAYER_KEY = re.compile(r"^(.*?\b(encoder|decoder)\.(?:layers|block))\.(\d+)\.(.*)$")
+
+
+def evenly_spaced(n_teacher: int, n_student: int) -> list[int]:
+    """Teacher layers copied into a shallower student: first and last kept, the rest evenly spaced.
+
+    12 -> 6 gives [0, 2, 4, 7, 9, 11], DistilBART's choice for distilbart-cnn-12-6."""
+    if n_student == 1:
+        return [0]
+    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+def shrink_model(teacher, encoder_layers: int, decoder_layers: int, **kwargs):
+    """A student of the teacher's architecture with fewer layers, initialised from evenly spaced
+    teacher layers and every non-layer weight (embeddings, norms, LM head) of the teacher
+    ("shrink and fine-tune", Shleifer & Rush, 2020)."""
+    config = copy.deepcopy(teacher.config)
+    attrs = _LAYER_ATTRS.get(config.model_type)
+    if attrs is None:
+        raise UserError(f"student.init shrink supports T5- and BART-style teachers, not {config.model_type!r}; "
+                        f"use init scratch or pretrained")
+    t_enc, t_dec = getattr(config, attrs[0]), getattr(config, attrs[1])
+    if encoder_layers > t_enc or decoder_layers > t_dec:
+        raise UserError(f"student.arch: shrink keeps at most the teacher's {t_enc} encoder and {t_dec} decoder "
+                        f"layers, got {encoder_layers} and {decoder_layers}")
+    setattr(config, attrs[0], encoder_layers)
+    setattr(config, attrs[1], decoder_layers)
+    keep = {"encoder": evenly_spaced(t_enc, encoder_layers), "decoder": evenly_spaced(t_dec, decoder_layers)}
+    student = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
+    source = teacher.state_dict()
+    state = {}
+    for key in student.state_dict():
+        m = _LAYER_KEY.match(key)
+        src = f"{m[1]}.{keep[m[2]][int(m[3])]}.{m[4]}" if m else key
+        state[key] = source[src].clone()
+    student.load_state_dict(state)
+    log.info("student shrunk from the teacher: encoder layers %s, decoder layers %s", keep["encoder"], keep["decoder"])
+    return student
 
 
 def check_vocab_fits(model, tokenizer, name: str) -> None:

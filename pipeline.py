@@ -20,8 +20,8 @@ import torch
 
 from config import Config, save_config, to_dict
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
-from distiller_zoo import LossConfigError, LogitLoss, Objective, build_loss
-from models import build_model, load_saved, load_tokenizer, same_vocabulary
+from distiller_zoo import LossConfigError, Objective, build_loss
+from models import build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
 from training import Trainer, TrainJob, latest_checkpoint
 from utils import UserError, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed, setup_logging
 
@@ -133,35 +133,50 @@ def train_teacher(cfg: Config, args, run: Run | None = None) -> Path:
 def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Path | None = None) -> Path:
     """Distill the student from a trained teacher; returns <output_dir>/student/final."""
     run = run or start(cfg, args)
-    teacher, t_tok = load_teacher(run, teacher_path)
+    objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
+    attentions = "attentions" in objective.requires
+    teacher, t_tok = load_teacher(run, teacher_path, attentions)
     run_dir, ckpt_dir, resume = prepare_stage(run, "student")
     set_seed(cfg.training.seed)
-    s_tok = t_tok if cfg.student.tokenizer == cfg.teacher.tokenizer and cfg.student.tokenizer.train else \
-        load_tokenizer(cfg.student.tokenizer, cfg.student.name_or_path,
-                       run.tokenizer_texts() if cfg.student.tokenizer.train else None)
-    objective = build_objective(cfg, len(s_tok))
-    if any(isinstance(loss, LogitLoss) for loss in objective.losses) and not same_vocabulary(s_tok, t_tok):
-        raise UserError("teacher and student tokenizers have different vocabularies, so their logits cannot be "
-                        "compared; give the student the teacher's tokenizer (student.tokenizer = teacher.tokenizer) "
-                        "or use cross-tokenizer distillation")
-    student = build_model(cfg.student, s_tok, attentions="attentions" in objective.requires)
+    student, s_tok = build_student(run, teacher, t_tok, attentions)
+    if not same_vocabulary(s_tok, t_tok):
+        raise UserError("teacher and student tokenizers have different vocabularies, so their outputs cannot be "
+                        "compared token by token; give the student the teacher's tokenizer (student.tokenizer = "
+                        "teacher.tokenizer, or student.init shrink) or use cross-tokenizer distillation")
+    objective.vocab_size = len(s_tok)
+    try:
+        objective.bind(student.config, teacher.config)
+    except ValueError as e:
+        raise UserError(f"distill.losses: {e}") from None
     job = make_job(run, "student", s_tok, run_dir, ckpt_dir, objective=objective, teacher=teacher)
     final = Trainer(job, student, s_tok).train(resume)
     log.info("student exported to %s", final)
     return final
 
 
-def build_objective(cfg: Config, vocab_size: int) -> Objective:
+def build_student(run: Run, teacher, t_tok, attentions: bool):
+    """The student model and its tokenizer (the teacher's when shrinking or trained alike)."""
+    s = run.cfg.student
+    if s.init == "shrink":
+        attn = {"attn_implementation": "eager"} if attentions else {}
+        return shrink_model(teacher, s.arch.encoder_layers, s.arch.decoder_layers, **attn), t_tok
+    same_trained = s.tokenizer == run.cfg.teacher.tokenizer and s.tokenizer.train
+    tok = t_tok if same_trained else load_tokenizer(s.tokenizer, s.name_or_path,
+                                                    run.tokenizer_texts() if s.tokenizer.train else None)
+    return build_model(s, tok, attentions=attentions), tok
+
+
+def build_objective(cfg: Config) -> Objective:
     terms = []
     for i, spec in enumerate(cfg.distill.losses):
         try:
             terms.append((spec.name, spec.weight, build_loss(spec.name, spec.params)))
         except LossConfigError as e:
             raise UserError(f"distill.losses[{i}]: {e}") from None
-    return Objective(cfg.distill.ce_weight, terms, vocab_size)
+    return Objective(cfg.distill.ce_weight, terms)
 
 
-def load_teacher(run: Run, teacher_path: Path | None):
+def load_teacher(run: Run, teacher_path: Path | None, attentions: bool = False):
     """The teacher to distill from: --teacher_path, this run's trained teacher, or a pretrained one."""
     path = teacher_path or run.args.teacher_path
     trained = run.output_dir / "teacher" / "final"
@@ -169,10 +184,10 @@ def load_teacher(run: Run, teacher_path: Path | None):
         path = trained
     if path is not None:
         log.info("teacher: %s", path)
-        return load_saved(path, "--teacher_path")
+        return load_saved(path, "--teacher_path", attentions)
     if run.cfg.teacher.init == "pretrained":
         tok = load_tokenizer(run.cfg.teacher.tokenizer, run.cfg.teacher.name_or_path)
-        return build_model(run.cfg.teacher, tok), tok
+        return build_model(run.cfg.teacher, tok, attentions), tok
     raise UserError(f"distill_student needs a trained teacher: run --mode train_teacher first (it writes {trained}), "
                     f"pass --teacher_path DIR, or set teacher.init pretrained with a name_or_path")
 

@@ -186,7 +186,7 @@ class Trainer:
             return ce, {"ce": ce}
         with torch.no_grad():
             teacher_out = self._forward(self.job.teacher, batch, need)
-        return self.objective(out, teacher_out, batch["labels"])
+        return self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
 
     @staticmethod
     def _forward(model, batch, need):

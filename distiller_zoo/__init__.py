@@ -20,6 +20,8 @@ import inspect
 from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, gather_target_logits
 from distiller_zoo.logit import GeneralizedJSD, ReverseKL, SkewKL, SkewReverseKL, TotalVariation, VanillaKL
 from distiller_zoo.objective import Objective, cross_entropy_sum
+from distiller_zoo.feature import HiddenCosine, HiddenMSE
+from distiller_zoo.attention import AttentionKL, AttentionMSE
 
 LOSSES: dict[str, type[DistillationLoss]] = {
     "vanilla_kl": VanillaKL,
@@ -28,6 +30,10 @@ LOSSES: dict[str, type[DistillationLoss]] = {
     "tvd": TotalVariation,
     "skew_kl": SkewKL,
     "skew_reverse_kl": SkewReverseKL,
+    "hidden_mse": HiddenMSE,
+    "hidden_cosine": HiddenCosine,
+    "attention_kl": AttentionKL,
+    "attention_mse": AttentionMSE,
 }
 
 
@@ -53,4 +59,4 @@ def build_loss(name: str, params: dict | None = None) -> DistillationLoss:
 
 __all__ = ["LOSSES", "build_loss", "LossConfigError", "Objective", "cross_entropy_sum", "DistillationLoss",
            "LogitLoss", "VanillaKL", "ReverseKL", "GeneralizedJSD", "TotalVariation", "SkewKL", "SkewReverseKL",
-           "gather_target_logits", "IGNORE_INDEX"]
+           "HiddenMSE", "HiddenCosine", "AttentionKL", "AttentionMSE", "gather_target_logits", "IGNORE_INDEX"]

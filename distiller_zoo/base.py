@@ -1,14 +1,19 @@
 """The interface every distillation loss implements.
 
-A loss is an ``nn.Module`` called as ``loss(student_out, teacher_out, labels)`` where the
-outputs are transformers ``Seq2SeqLMOutput`` objects of the same target batch and
-``labels`` is ``[B, T]`` with -100 at padding. It returns the **sum** over target tokens
+A loss is an ``nn.Module`` called as ``loss(student_out, teacher_out, labels, attention_mask)``
+where the outputs are transformers ``Seq2SeqLMOutput`` objects of the same batch, ``labels``
+is ``[B, T]`` with -100 at padding and ``attention_mask`` is the source mask ``[B, S]`` (needed
+by encoder-side losses). It returns the **sum** over target tokens
 (a 0-dim float32 tensor); the training loop divides once by the number of target tokens
 in the whole accumulation window, so unequal micro-batches weigh every token equally.
 
 ``requires`` tells the loop what to ask the models for: ``"logits"`` (always returned),
 ``"hidden_states"`` (``output_hidden_states=True``) or ``"attentions"``
 (``output_attentions=True`` and eager attention).
+
+Losses that depend on the two architectures (layer maps, projections between widths) size
+themselves in ``bind(student_config, teacher_config)``, called once the models exist and before
+the optimizer is built, so their parameters train with the student and live in checkpoints.
 
 Logit losses subclass :class:`LogitLoss` and implement only ``token_losses`` on the
 flattened ``[N, V]`` logits of the N unmasked target positions. Masking, vocabulary
@@ -31,8 +36,12 @@ class DistillationLoss(nn.Module, ABC):
     requires: frozenset[str] = frozenset({"logits"})
 
     @abstractmethod
-    def forward(self, student_out, teacher_out, labels: torch.Tensor) -> torch.Tensor:
-        """Sum of the loss over the target tokens of the batch."""
+    def forward(self, student_out, teacher_out, labels: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum of the loss over the tokens of the batch."""
+
+    def bind(self, student_config, teacher_config) -> None:
+        """Adapt to the two models (transformers configs); a no-op for most losses."""
 
     def describe(self) -> str:
         """A short human-readable form for the run log's formula."""
@@ -56,7 +65,8 @@ class LogitLoss(DistillationLoss):
         self.temperature = float(temperature)
         self.vocab_size: int | None = None
 
-    def forward(self, student_out, teacher_out, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, student_out, teacher_out, labels: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         s, t = gather_target_logits(student_out.logits, teacher_out.logits, labels, self.vocab_size)
         return self.token_losses(s, t).sum()
 

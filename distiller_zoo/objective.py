@@ -26,16 +26,26 @@ class Objective(nn.Module):
     (e.g. feature projections) are submodules here, so the optimizer and checkpoints see them.
     """
 
-    def __init__(self, ce_weight: float, terms: list[tuple[str, float, DistillationLoss]], vocab_size: int):
+    def __init__(self, ce_weight: float, terms: list[tuple[str, float, DistillationLoss]],
+                 vocab_size: int | None = None):
         super().__init__()
         self.ce_weight = ce_weight
         self.names = [name for name, _, _ in terms]
         self.weights = [w for _, w, _ in terms]
         self.losses = nn.ModuleList([loss for _, _, loss in terms])
+        self.vocab_size = vocab_size
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The tokenizer's length: logits beyond it (padded embedding rows) are ignored everywhere."""
+        return self._vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, n: int | None) -> None:
+        self._vocab_size = n
         for loss in self.losses:
             if isinstance(loss, LogitLoss):
-                loss.vocab_size = vocab_size
-        self.vocab_size = vocab_size
+                loss.vocab_size = n
 
     @property
     def requires(self) -> frozenset[str]:
@@ -46,13 +56,18 @@ class Objective(nn.Module):
         parts += [f"{w:g} * {loss.describe()}" for w, loss in zip(self.weights, self.losses) if w]
         return "loss = " + " + ".join(parts)
 
-    def forward(self, student_out, teacher_out, labels):
+    def bind(self, student_config, teacher_config) -> None:
+        """Let every loss adapt to the two architectures (layer maps, projections)."""
+        for loss in self.losses:
+            loss.bind(student_config, teacher_config)
+
+    def forward(self, student_out, teacher_out, labels, attention_mask=None):
         terms = {"ce": cross_entropy_sum(student_out.logits, labels, self.vocab_size)}
         total = self.ce_weight * terms["ce"]
         for name, w, loss in zip(self.names, self.weights, self.losses):
             if w == 0:
                 continue
             key = name if name not in terms else f"{name}_{len(terms)}"
-            terms[key] = loss(student_out, teacher_out, labels)
+            terms[key] = loss(student_out, teacher_out, labels, attention_mask)
             total = total + w * terms[key]
         return total, terms

@@ -12,6 +12,8 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 from distiller_zoo import (LOSSES, GeneralizedJSD, LogitLoss, LossConfigError, Objective, ReverseKL, SkewKL,
                            SkewReverseKL, TotalVariation, VanillaKL, build_loss, cross_entropy_sum)
 
+LOGIT_LOSSES = {name: cls for name, cls in LOSSES.items() if issubclass(cls, LogitLoss)}
+
 
 def kl_reference(s, t, T):
     """T^2 * sum_v p(v) (log p(v) - log q(v)) per row, straight from the definition, in float64."""
@@ -47,7 +49,8 @@ def test_vanilla_kl_properties(n, v, T, scale):
     other = torch.randn(n, v, generator=g) * scale
     vals = loss.token_losses(z, other)
     assert (vals >= -1e-5).all()                                           # KL is non-negative
-    torch.testing.assert_close(vals.double(), kl_reference(z, other, T), rtol=1e-4, atol=1e-5)
+    # float32 cancellation in log p - log q is amplified by T^2, hence the T^2-scaled tolerance
+    torch.testing.assert_close(vals.double(), kl_reference(z, other, T), rtol=1e-3, atol=1e-6 * T * T)
 
 
 def test_masked_positions_change_nothing():
@@ -116,9 +119,9 @@ def test_objective_combines_terms_and_prints_its_formula():
 def test_build_loss_by_name_with_clear_errors():
     assert isinstance(build_loss("vanilla_kl", {"temperature": 3.0}), VanillaKL)
     assert set(LOSSES) >= {"vanilla_kl"}
-    with pytest.raises(LossConfigError, match="unknown loss 'kl'; valid names: jsd, reverse_kl, skew_kl, "
-                                              "skew_reverse_kl, tvd, vanilla_kl"):
+    with pytest.raises(LossConfigError, match="unknown loss 'kl'; valid names: ") as e:
         build_loss("kl")
+    assert str(e.value).endswith(", ".join(sorted(LOSSES)))
     with pytest.raises(LossConfigError, match="has no option 'temp'; its options: temperature"):
         build_loss("vanilla_kl", {"temp": 2})
     with pytest.raises(LossConfigError, match="temperature must be > 0"):
@@ -361,7 +364,7 @@ def _pair(n, v, scale, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(sorted(LOSSES)), st.integers(1, 5), st.integers(2, 30), st.floats(0.25, 6.0),
+@given(st.sampled_from(sorted(LOGIT_LOSSES)), st.integers(1, 5), st.integers(2, 30), st.floats(0.25, 6.0),
        st.floats(0.05, 8.0), st.integers(0, 2**16))
 def test_every_loss_is_non_negative_and_matches_reference(name, n, v, T, scale, seed):
     s, t = _pair(n, v, scale, seed)
@@ -437,8 +440,8 @@ def test_skew_kl_is_bounded_even_for_disjoint_supports(alpha, seed):
 
 
 def test_every_registered_loss_builds_with_defaults_and_rejects_bad_options():
-    assert set(LOSSES) == {"vanilla_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl"}
-    for name, cls in LOSSES.items():
+    assert set(LOGIT_LOSSES) == {"vanilla_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl"}
+    for name, cls in LOGIT_LOSSES.items():
         loss = build_loss(name)
         assert type(loss) is cls and isinstance(loss, LogitLoss) and loss.requires == {"logits"}
         z = torch.randn(2, 5)
@@ -472,7 +475,7 @@ def test_defaults_and_descriptions():
     assert obj.formula() == "loss = 0.5 * CE + 0.5 * JSD(beta=0.5, T=1) + 1 * TVD(T=1)"
 
 
-TRAIN_CASES = [(name, {}) for name in sorted(LOSSES)] + [("jsd", {"beta": 0.1}), ("jsd", {"beta": 0.9}),
+TRAIN_CASES = [(name, {}) for name in sorted(LOGIT_LOSSES)] + [("jsd", {"beta": 0.1}), ("jsd", {"beta": 0.9}),
                                                          ("skew_kl", {"skew_alpha": 0.5})]
 
 
