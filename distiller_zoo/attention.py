@@ -5,7 +5,7 @@ from abc import abstractmethod
 
 import torch
 
-from distiller_zoo.base import IGNORE_INDEX, DistillationLoss
+from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, upcast
 from distiller_zoo.layers import check_layers, check_stacks, layer_pairs, model_dims
 
 # transformers' output field and the query positions of each kind of map
@@ -57,8 +57,8 @@ class AttentionLoss(DistillationLoss):
                 if self.average[kind]:
                     a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
                 # [B, H, Q, K] -> [B, Q, H, K] -> rows of valid queries [N, H, K]
-                p_s = a_s.transpose(1, 2)[rows].float()
-                p_t = a_t.transpose(1, 2)[rows].float()
+                p_s = upcast(a_s.transpose(1, 2)[rows])
+                p_t = upcast(a_t.transpose(1, 2)[rows])
                 total = total + self.row_losses(p_s, p_t).mean(-1).sum()
         return total
 

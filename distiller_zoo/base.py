@@ -78,6 +78,11 @@ class LogitLoss(DistillationLoss):
         return f"{type(self).__name__}(T={self.temperature:g})"
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32 (softmax and sums in full precision); float32/64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def gather_target_logits(student_logits, teacher_logits, labels, vocab_size=None):
     """Select unmasked positions and the common vocabulary; upcast to float32.
 
@@ -89,4 +94,4 @@ def gather_target_logits(student_logits, teacher_logits, labels, vocab_size=None
                          f"{tuple(teacher_logits.shape)} cover different target positions")
     v = min(student_logits.shape[-1], teacher_logits.shape[-1], vocab_size or 1 << 62)
     mask = labels != IGNORE_INDEX
-    return student_logits[mask][:, :v].float(), teacher_logits[mask][:, :v].float()
+    return upcast(student_logits[mask][:, :v]), upcast(teacher_logits[mask][:, :v])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller_zoo.base import IGNORE_INDEX, DistillationLoss
+from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, upcast
 from distiller_zoo.layers import check_layers, check_stacks, layer_pairs, model_dims
 
 
@@ -52,10 +52,10 @@ class HiddenStateLoss(DistillationLoss):
             t_states = getattr(teacher_out, f"{stack}_hidden_states")
             mask = _positions(stack, labels, attention_mask)
             for i, j in pairs:
-                hs, ht = s_states[i][mask].float(), t_states[j][mask].float()
+                hs, ht = upcast(s_states[i][mask]), upcast(t_states[j][mask])
                 key = f"{stack}_{i}_{j}"
                 if key in self.projections:
-                    hs = self.projections[key](hs).float()
+                    hs = upcast(self.projections[key](hs))
                 total = total + self.position_losses(hs, ht).sum()
         return total
 

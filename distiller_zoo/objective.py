@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss
+from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, upcast
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
@@ -14,7 +14,7 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, vocab_size: in
     Padded vocabulary rows (beyond ``vocab_size``) are excluded from the softmax so the CE
     and the KD terms see the same distribution."""
     v = min(logits.shape[-1], vocab_size or logits.shape[-1])
-    return F.cross_entropy(logits[..., :v].float().reshape(-1, v), labels.reshape(-1),
+    return F.cross_entropy(upcast(logits[..., :v]).reshape(-1, v), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
