@@ -15,6 +15,7 @@ for every quality metric.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import platform
 import time
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from generation import decoding_kwargs, generate_texts
+from generation import generate_texts, generation_config
 from metrics import compute_metrics, sacrebleu_signatures
-from utils import UserError, count_parameters, dir_size_bytes, log, write_json
+from utils import UserError, atomic_write_text, count_parameters, log, write_json
 
 SPEED_KEYS = ("samples_per_s", "tokens_per_s", "generation_s")
 SIZE_KEYS = ("params_total", "params_trainable", "size_on_disk_mb")
@@ -93,8 +94,9 @@ def evaluate_model(bm: BenchModel, examples, run) -> dict:
         preds = list(sources)
     else:
         model = bm.model.to(run.device).eval()
-        kwargs = decoding_kwargs(cfg, bm.tokenizer)
-        gen = dict(prefix=data.prefix, max_source_length=data.max_source_length, gen_kwargs=kwargs,
+        gen_config = generation_config(cfg, model, bm.tokenizer)
+        record["generation_config"] = gen_config.to_diff_dict()
+        gen = dict(prefix=data.prefix, max_source_length=data.max_source_length, gen_config=gen_config,
                    batch_size=cfg.batch_size, device=run.device, precision=run.precision)
         if cfg.warmup_batches:  # first calls pay for allocation and kernel selection
             generate_texts(model, bm.tokenizer, sources[:cfg.batch_size * cfg.warmup_batches], **gen)
@@ -107,6 +109,9 @@ def evaluate_model(bm: BenchModel, examples, run) -> dict:
         record.update(params_total=total, params_trainable=trainable, size_on_disk_mb=_disk_mb(bm),
                       generation_s=round(elapsed, 3), samples_per_s=round(len(sources) / elapsed, 3),
                       tokens_per_s=round(n_tokens / elapsed, 1))
+        model.to("cpu")  # one model on the accelerator at a time
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
     record["metrics"] = {k: round(v, 4) for k, v in
                          compute_metrics(preds, [e.references for e in examples], cfg.metrics).items()}
     _write_predictions(run.output_dir / f"predictions_{bm.name}.jsonl", examples, preds)
@@ -115,14 +120,19 @@ def evaluate_model(bm: BenchModel, examples, run) -> dict:
 
 
 def _disk_mb(bm: BenchModel) -> float:
-    """Size of the saved weights; a model without a directory is saved to a temporary one to measure."""
+    """Megabytes of saved weights (safetensors, else PyTorch .bin); a model without a directory
+    is saved to a temporary one in safetensors to be measured the same way."""
     import tempfile
     if bm.path is not None and Path(bm.path).is_dir():
-        files = [p for p in Path(bm.path).iterdir() if p.suffix in (".safetensors", ".bin")]
-        return round(sum(p.stat().st_size for p in files) / 2**20, 3)
+        return _weights_mb(Path(bm.path))
     with tempfile.TemporaryDirectory() as tmp:
         bm.model.save_pretrained(tmp, safe_serialization=True)
-        return round(dir_size_bytes(Path(tmp)) / 2**20, 3)
+        return _weights_mb(Path(tmp))
+
+
+def _weights_mb(directory: Path) -> float:
+    files = list(directory.glob("*.safetensors")) or list(directory.glob("*.bin"))
+    return round(sum(p.stat().st_size for p in files) / 2**20, 3)
 
 
 def _sync(device):
@@ -188,11 +198,12 @@ def table_rows(results: dict) -> tuple[list[str], list[list]]:
 def write_reports(results: dict, out: Path) -> None:
     write_json(out / "benchmark_results.json", results)
     header, rows = table_rows(results)
-    with open(out / "comparison_table.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([[("" if v is None else v) for v in row] for row in rows])
-    (out / "benchmark_report.txt").write_text(render_text(results, header, rows), encoding="utf-8")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows([[("" if v is None else v) for v in row] for row in rows])
+    atomic_write_text(out / "comparison_table.csv", buf.getvalue())
+    atomic_write_text(out / "benchmark_report.txt", render_text(results, header, rows))
     log.info("benchmark reports written to %s", out)
 
 

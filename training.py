@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -26,8 +25,8 @@ from transformers import get_scheduler
 from config import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator
 from distiller_zoo import Objective, cross_entropy_sum
-from generation import decoding_kwargs, generate_texts
-from utils import Precision, UserError, log
+from generation import generate_texts, generation_config
+from utils import Precision, UserError, atomic_write, log
 
 
 @dataclass
@@ -248,7 +247,7 @@ class Trainer:
         examples = job.val_examples[:job.optim.eval_generate_samples]
         preds, _ = generate_texts(self.model, self.tokenizer, [e.source for e in examples],
                                   prefix=job.collator.prefix, max_source_length=job.collator.max_source_length,
-                                  gen_kwargs=decoding_kwargs(job.generation, self.tokenizer),
+                                  gen_config=generation_config(job.generation, self.model, self.tokenizer),
                                   batch_size=job.optim.eval_batch_size, device=job.device, precision=job.precision)
         scores = compute_metrics(preds, [e.references for e in examples])
         scores["bleu"] = scores.get("bleu4", scores.get("sacrebleu"))
@@ -343,13 +342,7 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # a kill before this line leaves the previous checkpoint untouched
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def _rng_state() -> dict:

@@ -137,14 +137,21 @@ def ensure_writable_dir(path: str | Path, what: str) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write, flush, fsync and rename, so a kill never leaves half a file."""
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """``write(f)`` into a temporary file, flush, fsync, then rename over ``path``: a kill at any
+    moment leaves either the previous file or the complete new one, never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_json(path: Path, obj) -> None:
@@ -157,10 +164,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def dir_size_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
