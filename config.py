@@ -182,6 +182,11 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------- training
+# Validation metrics that can pick the best checkpoint ('bleu' is an alias of 'bleu4').
+BEST_METRICS = ("loss", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "bleu1", "bleu2", "bleu3", "bleu4",
+                "sacrebleu", "chrf")
+
+
 @dataclass
 class OptimConfig:
     """Optimisation of one model (the teacher's or the student's run)."""
@@ -222,6 +227,7 @@ class OptimConfig:
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas: need two values in [0, 1), got {self.adam_betas}")
         _choice("scheduler", self.scheduler, self._SCHEDULERS)
+        _choice("metric_for_best", self.metric_for_best, BEST_METRICS)
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm: must be > 0 or null, got {self.max_grad_norm}")
 
@@ -332,6 +338,16 @@ class Config:
     def __post_init__(self):
         if self.teacher.init == "shrink":
             raise ValueError("teacher.init: 'shrink' is for the student (it copies layers from the teacher)")
+        for role in ("teacher", "student"):
+            m = getattr(self, role)
+            if m.init != "scratch" or m.arch.type != "bart":
+                continue
+            for key, n in (("data.max_source_length", self.data.max_source_length),
+                           ("data.max_target_length", self.data.max_target_length),
+                           ("benchmark.max_new_tokens", self.benchmark.max_new_tokens + 1)):
+                if n > m.arch.max_positions:
+                    raise ValueError(f"{role}.arch.max_positions: {m.arch.max_positions} positions cannot hold "
+                                     f"{key} ({n}); raise max_positions or lower {key}")
 
 
 # --------------------------------------------------------------------------- validators
@@ -356,7 +372,13 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path} (check the path given to --config)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at position {e.start}); "
+                        f"save the config as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as e:

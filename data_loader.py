@@ -431,6 +431,10 @@ class Seq2SeqCollator:
         self.prefix = prefix or ""
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
+        # GPT-2-style tokenizers add no end-of-sequence token; without one a seq2seq model never
+        # learns to stop, so targets get it appended here.
+        probe = tokenizer(text_target="a").input_ids
+        self.append_eos = tokenizer.eos_token_id is not None and (not probe or probe[-1] != tokenizer.eos_token_id)
 
     def _encode(self, texts: list[str], max_length: int, target: bool) -> dict:
         kwargs = dict(padding="longest", truncation=True, max_length=max_length, return_tensors="pt",
@@ -446,6 +450,14 @@ class Seq2SeqCollator:
         if not pairs:
             raise ValueError("Seq2SeqCollator: empty batch")
         batch = self.encode_sources([s for s, _ in pairs])
-        tgt = self._encode([t for _, t in pairs], self.max_target_length, target=True)
+        targets = [t for _, t in pairs]
+        tgt = self._targets_with_eos(targets) if self.append_eos else \
+            self._encode(targets, self.max_target_length, target=True)
         batch["labels"] = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, -100)
         return batch
+
+    def _targets_with_eos(self, texts: list[str]) -> dict:
+        ids = self.tokenizer(text_target=texts, truncation=True, max_length=self.max_target_length - 1).input_ids
+        eos = self.tokenizer.eos_token_id
+        return self.tokenizer.pad({"input_ids": [x + [eos] for x in ids]}, padding="longest", return_tensors="pt",
+                                  return_attention_mask=True, padding_side="right")

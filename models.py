@@ -7,7 +7,9 @@ one clear line suggesting a local path instead of huggingface_hub's 30-second re
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,7 +28,7 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3 in trained tokeni
 def from_hub(loader, name: str, what: str, **kwargs):
     """Call ``loader(name, ...)``: local directory or cache first, the hub only if reachable."""
     if Path(name).exists():
-        return loader(name, **kwargs)
+        return load_local(loader, name, what, **kwargs)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"{what} {name!r}: no such directory (give an existing local path or a hub id)")
     try:
@@ -41,6 +43,16 @@ def from_hub(loader, name: str, what: str, **kwargs):
     except OSError as e:
         raise UserError(f"{what} {name!r} could not be loaded from the hub ({str(e).splitlines()[0]}); "
                         f"check the name or give a local directory") from None
+
+
+def load_local(loader, path, what: str, **kwargs):
+    """``loader(path)`` with transformers' errors for a broken or foreign directory as one line."""
+    try:
+        return loader(str(path), **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        first = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"{what} {path}: cannot load a seq2seq model or tokenizer from it ({first}); give a "
+                        f"directory written by save_pretrained for a T5/BART-style model") from None
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -220,10 +232,20 @@ def shrink_model(teacher, encoder_layers: int, decoder_layers: int, **kwargs):
 
 
 def check_vocab_fits(model, tokenizer, name: str) -> None:
+    """Every id the tokenizer can produce from text must have an embedding row.
+
+    Special tokens beyond the table are tolerated with a warning: bart-large-cnn's tokenizer has
+    50,265 tokens for 50,264 rows because ``<mask>`` has none, and text never produces it."""
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise UserError(f"tokenizer has {len(tokenizer)} tokens but model {name} has only {rows} embedding rows; "
-                        f"use the model's own tokenizer")
+    if len(tokenizer) <= rows:
+        return
+    extra = tokenizer.convert_ids_to_tokens(list(range(rows, len(tokenizer))))
+    if set(extra) <= set(tokenizer.all_special_tokens):
+        log.warning("model %s: special tokens %s have no embedding row (harmless unless text contains them)",
+                    name, ", ".join(extra))
+        return
+    raise UserError(f"tokenizer has {len(tokenizer)} tokens but model {name} has only {rows} embedding rows; "
+                    f"use the model's own tokenizer")
 
 
 def load_saved(path: str | Path, what: str, attentions: bool = False):
@@ -233,17 +255,24 @@ def load_saved(path: str | Path, what: str, attentions: bool = False):
         raise UserError(f"{what} {path}: not a saved model directory (no config.json); give the directory "
                         f"written by train_teacher / distill_student (…/final)")
     attn = {"attn_implementation": "eager"} if attentions else {}
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(p), **attn)
-    tok = tokenizer_from_path(str(p))
+    model = load_local(AutoModelForSeq2SeqLM.from_pretrained, p, what, **attn)
+    tok = load_local(tokenizer_from_path, p, what)
     check_vocab_fits(model, tok, str(p))
     return model, tok
 
 
 def export(model, tokenizer, out_dir: Path) -> Path:
-    """save_pretrained (safetensors) plus the tokenizer, loadable by the Auto classes."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    """save_pretrained (safetensors) plus the tokenizer, loadable by the Auto classes.
+
+    Written to a sibling temporary directory and renamed, so ``out_dir`` is never half written:
+    its existence means the stage finished (``--resume_from_checkpoint auto`` relies on that)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
     return out_dir
 
 

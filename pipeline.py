@@ -55,7 +55,7 @@ class Run:
 
 
 def start(cfg: Config, args) -> Run:
-    """Resolve directories, device and precision; set up logging; write the resolved config."""
+    """Resolve directories, device and precision; set up logging."""
     t = cfg.training
     out = ensure_writable_dir(t.output_dir, "output_dir")
     ckpt = ensure_writable_dir(t.checkpoint_dir or out / "checkpoints", "checkpoint_dir")
@@ -65,7 +65,6 @@ def start(cfg: Config, args) -> Run:
     precision = resolve_precision(t.precision, device)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    save_config(cfg, out / "config.resolved.json")
     log.info("run directory %s (device %s, precision %s)", out.resolve(), device, precision.name)
     _quiet_transformers()
     return Run(cfg, args, out, ckpt, device, precision)
@@ -97,11 +96,24 @@ def prepare_stage(run: Run, role: str) -> tuple[Path, Path, Path | None]:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run.cfg, run.output_dir / "config.resolved.json")  # only once nothing earlier is at risk
     return run_dir, ckpt_dir, resume_path
 
 
 def _has_results(run_dir: Path, ckpt_dir: Path) -> bool:
     return (run_dir / "final").exists() or (ckpt_dir.exists() and any(ckpt_dir.glob("*.pt")))
+
+
+def check_positions(model, cfg: Config, role: str) -> None:
+    """Learned position tables (BART) cannot index past their size: refuse lengths that do not fit."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None:  # T5: relative positions, any length
+        return
+    for key, n in (("data.max_source_length", cfg.data.max_source_length),
+                   ("data.max_target_length", cfg.data.max_target_length),
+                   ("benchmark.max_new_tokens", cfg.benchmark.max_new_tokens + 1)):
+        if n > limit:
+            raise UserError(f"{key} ({n}) exceeds the {role} model's {limit} positions; lower {key}")
 
 
 def make_job(run: Run, role: str, tokenizer, run_dir: Path, ckpt_dir: Path, **extra) -> TrainJob:
@@ -125,20 +137,28 @@ def train_teacher(cfg: Config, args, run: Run | None = None) -> Path:
     tok = load_tokenizer(cfg.teacher.tokenizer, cfg.teacher.name_or_path,
                          run.tokenizer_texts() if cfg.teacher.tokenizer.train else None)
     model = build_model(cfg.teacher, tok)
+    check_positions(model, cfg, "teacher")
     final = Trainer(make_job(run, "teacher", tok, run_dir, ckpt_dir), model, tok).train(resume)
     log.info("teacher exported to %s", final)
     return final
 
 
-def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Path | None = None) -> Path:
+def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Path | str | None = None) -> Path:
     """Distill the student from a trained teacher; returns <output_dir>/student/final."""
     run = run or start(cfg, args)
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
     attentions = "attentions" in objective.requires
-    teacher, t_tok = load_teacher(run, teacher_path, attentions)
+    found = resolve_model(run, "teacher", teacher_path, attentions)
+    if found is None:
+        raise UserError(f"distill_student needs a trained teacher: run --mode train_teacher first (it writes "
+                        f"{run.output_dir / 'teacher' / 'final'}), pass --teacher_path DIR, or set teacher.init "
+                        f"pretrained with a name_or_path")
+    teacher, t_tok, _ = found
     run_dir, ckpt_dir, resume = prepare_stage(run, "student")
     set_seed(cfg.training.seed)
     student, s_tok = build_student(run, teacher, t_tok, attentions)
+    check_positions(teacher, cfg, "teacher")
+    check_positions(student, cfg, "student")
     if not same_vocabulary(s_tok, t_tok):
         raise UserError("teacher and student tokenizers have different vocabularies, so their outputs cannot be "
                         "compared token by token; give the student the teacher's tokenizer (student.tokenizer = "
@@ -176,51 +196,65 @@ def build_objective(cfg: Config) -> Objective:
     return Objective(cfg.distill.ce_weight, terms)
 
 
-def load_teacher(run: Run, teacher_path: Path | None, attentions: bool = False):
-    """The teacher to distill from: --teacher_path, this run's trained teacher, or a pretrained one."""
-    path = teacher_path or run.args.teacher_path
-    trained = run.output_dir / "teacher" / "final"
-    if path is None and trained.is_dir():
-        path = trained
-    if path is not None:
-        log.info("teacher: %s", path)
-        return load_saved(path, "--teacher_path", attentions)
-    if run.cfg.teacher.init == "pretrained":
-        tok = load_tokenizer(run.cfg.teacher.tokenizer, run.cfg.teacher.name_or_path)
-        return build_model(run.cfg.teacher, tok, attentions), tok
-    raise UserError(f"distill_student needs a trained teacher: run --mode train_teacher first (it writes {trained}), "
-                    f"pass --teacher_path DIR, or set teacher.init pretrained with a name_or_path")
+PRETRAINED = "pretrained"  # a model source meaning "<role>.name_or_path as configured"
 
 
-def benchmark(cfg: Config, args, run: Run | None = None, paths: dict | None = None) -> dict:
+def resolve_model(run: Run, role: str, source: Path | str | None = None, attentions: bool = False):
+    """(model, tokenizer, directory or None) for ``role``, or None when there is none.
+
+    ``source`` is a directory, :data:`PRETRAINED`, or None for the default order: the
+    --teacher_path / --student_path flag, this run's ``<role>/final``, then ``<role>.name_or_path``
+    when ``<role>.init`` is pretrained."""
+    if source is None:
+        source = getattr(run.args, f"{role}_path", None)
+    if source is None and (run.output_dir / role / "final").is_dir():
+        source = run.output_dir / role / "final"
+    if source is not None and source != PRETRAINED:
+        log.info("%s: %s", role, source)
+        model, tok = load_saved(source, f"--{role}_path", attentions)
+        return model, tok, Path(source)
+    mcfg = getattr(run.cfg, role)
+    if mcfg.init != "pretrained":
+        return None
+    tok = load_tokenizer(mcfg.tokenizer, mcfg.name_or_path)
+    return build_model(mcfg, tok, attentions), tok, None
+
+
+def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = None) -> dict:
     """Score and time the available models; writes the three report files into output_dir."""
     from benchmark import BenchModel, run_benchmark
     run = run or start(cfg, args)
+    check_reports_free(run)
     models = []
     for role in ("teacher", "student"):
-        found = _find_model(run, role, (paths or {}).get(role))
+        found = resolve_model(run, role, (sources or {}).get(role))
         if found is not None:
-            model, tok, path = found
-            models.append(BenchModel(role, model, tok, path))
+            check_positions(found[0], cfg, role)
+            models.append(BenchModel(role, *found))
     if not models:
         raise UserError("benchmark: no model to evaluate; pass --teacher_path and/or --student_path, or run "
                         "train_teacher / distill_student into this --output_dir first")
+    for old in run.output_dir.glob("predictions_*.jsonl"):
+        old.unlink()  # allowed by check_reports_free; stale files of models no longer compared go too
+    save_config(cfg, run.output_dir / "config.resolved.json")
     return run_benchmark(models, run)
 
 
-def _find_model(run: Run, role: str, path):
-    path = path or getattr(run.args, f"{role}_path", None)
-    trained = run.output_dir / role / "final"
-    if path is None and trained.is_dir():
-        path = trained
-    if path is not None:
-        model, tok = load_saved(path, f"--{role}_path")
-        return model, tok, Path(path)
-    mcfg = getattr(run.cfg, role)
-    if mcfg.init == "pretrained" and mcfg.name_or_path and getattr(run.args, "mode", None) == "benchmark":
-        tok = load_tokenizer(mcfg.tokenizer, mcfg.name_or_path)
-        return build_model(mcfg, tok), tok, None
-    return None
+def check_reports_free(run: Run) -> None:
+    """Earlier benchmark reports are replaced only on request (--overwrite, or resuming a pipeline)."""
+    if (run.output_dir / "benchmark_results.json").exists() and not (
+            run.args.overwrite or run.args.resume_from_checkpoint == "auto"):
+        raise UserError(f"{run.output_dir} already holds benchmark reports; pass --overwrite to replace them "
+                        f"or choose another --output_dir")
+
+
+def preflight(run: Run) -> None:
+    """Checks that would otherwise fail only after hours of training."""
+    build_objective(run.cfg)
+    check_reports_free(run)
+    split = run.cfg.benchmark.split
+    if not getattr(run.splits, split):
+        raise UserError(f"benchmark.split {split!r} is empty; adjust data.split_ratios or give data.{split}_file")
 
 
 def full_pipeline(cfg: Config, args) -> dict:
@@ -231,15 +265,16 @@ def full_pipeline(cfg: Config, args) -> dict:
     auto = args.resume_from_checkpoint == "auto"
     if args.resume_from_checkpoint not in (None, "auto"):
         raise UserError("full_pipeline resumes with --resume_from_checkpoint auto (it finds each stage's checkpoint)")
-    teacher_final = Path(args.teacher_path) if args.teacher_path else run.output_dir / "teacher" / "final"
-    if not cfg.training.train_teacher:
-        teacher_final = args.teacher_path  # None: distill from teacher.name_or_path as it is
-    elif not args.teacher_path and not (auto and teacher_final.is_dir()):
-        teacher_final = train_teacher(cfg, args, run)
-    student_final = run.output_dir / "student" / "final"
-    if not (auto and student_final.is_dir()):
-        student_final = distill_student(cfg, args, run, teacher_final)
-    return benchmark(cfg, args, run, {"teacher": teacher_final, "student": student_final})
+    preflight(run)
+    done = {role: run.output_dir / role / "final" for role in ("teacher", "student")}
+    if args.teacher_path:
+        teacher = Path(args.teacher_path)
+    elif not cfg.training.train_teacher:
+        teacher = PRETRAINED  # an already fine-tuned teacher, used as it is
+    else:
+        teacher = done["teacher"] if auto and done["teacher"].is_dir() else train_teacher(cfg, args, run)
+    student = done["student"] if auto and done["student"].is_dir() else distill_student(cfg, args, run, teacher)
+    return benchmark(cfg, args, run, {"teacher": teacher, "student": student})
 
 
 MODES = {

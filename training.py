@@ -28,6 +28,8 @@ from distiller_zoo import Objective, cross_entropy_sum
 from generation import generate_texts, generation_config
 from utils import Precision, UserError, atomic_write, log
 
+MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
+
 
 @dataclass
 class TrainState:
@@ -76,6 +78,7 @@ class Trainer:
                                        num_training_steps=self.total_steps)
         self.scaler = job.precision.grad_scaler()
         self.state = TrainState()
+        self._bad_steps = 0  # consecutive non-finite losses
         self._order: tuple[int, list] | None = None
         self.metric_for_best = o.metric_for_best
         self.greater_is_better = o.metric_for_best != "loss"
@@ -113,6 +116,7 @@ class Trainer:
         job = self.job
         if resume is not None:
             self.load_checkpoint(resume)
+            _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps the resume will redo
         log.info("%s: %d training pairs, %d validation examples, %d optimizer steps (%d per epoch), "
                  "batch %d x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
                  len(job.val_examples), self.total_steps, self.windows_per_epoch, job.optim.batch_size,
@@ -136,8 +140,9 @@ class Trainer:
                     _write_jsonl(metrics_file, record)
                     log.info("%s step %d/%d loss %.4f lr %.2e %s", job.role, record["step"], self.total_steps,
                              record["loss"], record["lr"], _fmt_terms(record))
-                if self._should_evaluate(epoch_done):
-                    _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
+                if self._checkpoint_due(epoch_done):
+                    if job.val_examples:
+                        _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
                     self.save_checkpoint()
         finally:
             progress.close()
@@ -159,22 +164,37 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
         loss = sums["loss"] / n_tokens
-        if not math.isfinite(loss):
-            raise UserError(f"{job.role}: the loss became {loss} at step {self.state.step + 1}; lower "
-                            f"training.{job.role}.learning_rate or use precision bf16 instead of fp16")
+        self._check_finite(loss)
         self.scaler.unscale_(self.optimizer)
         if job.optim.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                            job.optim.max_grad_norm)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
+        if self.scaler.get_scale() >= scale:  # a step the GradScaler skipped does not advance the schedule
+            self.scheduler.step()
         record = {"step": self.state.step + 1, "epoch": self.state.epoch, "loss": round(loss, 6), "lr": lr,
                   "_tokens": n_tokens}
         record.update({k: round(v / n_tokens, 6) for k, v in sums.items() if k != "loss"})
         return record
+
+    def _check_finite(self, loss: float) -> None:
+        """Under fp16 an overflow is expected now and then: the GradScaler skips that step and lowers
+        its scale. Anything else (or fp16 overflowing step after step) stops the run."""
+        role, step = self.job.role, self.state.step + 1
+        if math.isfinite(loss):
+            self._bad_steps = 0
+            return
+        self._bad_steps += 1
+        if self.scaler.is_enabled() and self._bad_steps <= MAX_SKIPPED_FP16_STEPS:
+            log.warning("%s step %d: fp16 overflow (loss %s); the GradScaler skips this step", role, step, loss)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        raise UserError(f"{role}: the loss became {loss} at step {step}; lower training.{role}.learning_rate, "
+                        f"or use precision bf16 (or fp32) instead of fp16")
 
     def loss_sums(self, batch: dict):
         """(weighted total, {term: sum}) for one micro-batch, summed over target tokens."""
@@ -207,9 +227,8 @@ class Trainer:
             return True
         return False
 
-    def _should_evaluate(self, epoch_done: bool) -> bool:
-        if not self.job.val_examples:
-            return self.state.step == self.total_steps
+    def _checkpoint_due(self, epoch_done: bool) -> bool:
+        """Validate (when there is a validation split) and checkpoint: periodically and at the end."""
         every = self.job.optim.eval_every
         periodic = (self.state.step % every == 0) if every else epoch_done
         return periodic or self.state.step == self.total_steps
@@ -301,9 +320,13 @@ class Trainer:
             except (KeyError, RuntimeError) as e:
                 raise UserError(f"checkpoint {path} does not fit the configured {self.job.role} "
                                 f"({str(e).splitlines()[0][:200]}); resume with the config it was saved with") from None
+        if ckpt["total_steps"] != self.total_steps:
+            raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
+                            f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.scaler.is_enabled() and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])  # a fp32/bf16 checkpoint has no scale to restore
         _set_rng_state(ckpt["rng"])
         self.state = TrainState(**ckpt["state"])
         log.info("%s: resumed from %s at step %d (epoch %d)", self.job.role, path, self.state.step, self.state.epoch)
@@ -362,6 +385,14 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the records up to ``last_step`` (a resumed run logs the later steps again)."""
+    if path.is_file():
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+                 if line.strip() and json.loads(line).get("step", 0) <= last_step]
+        atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines)))
 
 
 def _write_jsonl(f, record: dict) -> None:

@@ -105,6 +105,14 @@ def set_seed(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- logging
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced after setup, e.g. by tests)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(log_file: Path | None = None, level=logging.INFO) -> None:
     """Timestamped lines on stderr and, when given, in ``log_file`` (appended)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -114,7 +122,7 @@ def setup_logging(log_file: Path | None = None, level=logging.INFO) -> None:
         if isinstance(h, logging.FileHandler):
             h.close()
         log.removeHandler(h)
-    stream = logging.StreamHandler(sys.stderr)
+    stream = _StderrHandler()
     stream.setFormatter(fmt)
     log.addHandler(stream)
     if log_file is not None:

@@ -117,7 +117,7 @@ def test_pretrained_model_needs_a_name(tiny_config_dict, write_config):
 
 def test_relative_data_paths_resolve_against_the_config_directory(tiny_config_dict, write_config, tmp_path):
     (tmp_path / "d.csv").write_text("source,target\na,b\n")
-    tiny_config_dict["data"] = {"train_file": "d.csv"}
+    tiny_config_dict["data"] = {"train_file": "d.csv", "max_source_length": 32, "max_target_length": 32}
     cfg = load_config(write_config(tiny_config_dict))
     assert cfg.data.train_file == str(tmp_path / "d.csv")
 
@@ -150,3 +150,23 @@ def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  student:\n    learning_rate: 5e-5\n")
     assert load_config(path).training.student.learning_rate == 5e-5
+
+
+def test_lengths_must_fit_a_scratch_bart_position_table(tiny_config_dict, write_config):
+    tiny_config_dict["benchmark"]["max_new_tokens"] = 64  # + the decoder start token > 64 positions
+    with pytest.raises(UserError, match=r"teacher.arch.max_positions: 64 positions cannot hold "
+                                        r"benchmark.max_new_tokens \(65\)"):
+        load_config(write_config(tiny_config_dict))
+
+
+def test_metric_for_best_is_checked_before_training(tiny_config_dict, write_config):
+    tiny_config_dict["training"]["student"]["metric_for_best"] = "rougel"
+    with pytest.raises(UserError, match=r"training.student.metric_for_best: 'rougel' is not one of 'loss', 'rouge1'"):
+        load_config(write_config(tiny_config_dict))
+
+
+def test_a_config_that_is_not_utf8(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("data:\n  prefix: \"d\xe9toxifier: \"\n".encode("cp1252"))
+    with pytest.raises(UserError, match=r"c.yaml: not UTF-8 text \(byte 0xe9 at position \d+\); save the config"):
+        load_config(path)

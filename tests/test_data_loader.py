@@ -429,3 +429,16 @@ def test_collator_t5():
     assert batch["input_ids"].shape == (2, 16) and batch["labels"].shape == (2, 8)
     assert tok.decode(batch["input_ids"][1], skip_special_tokens=True) == "summarize: Hello"
     assert (batch["labels"][0] == -100).sum() == 8 - len(tok(text_target="A fox.")["input_ids"])
+
+
+def test_collator_appends_eos_for_tokenizers_that_add_none(shared):
+    """GPT-2's tokenizer adds no end-of-sequence token; a seq2seq target must end with one."""
+    from models import tokenizer_from_path
+    tok = tokenizer_from_path(str(shared / "tokenizers" / "gpt2"))
+    tok.pad_token = tok.eos_token
+    col = dl.Seq2SeqCollator(tok, "", 16, 4)
+    assert col.append_eos
+    batch = col([("hello world", "hello world"), ("a", "a b c d e f g h")])
+    labels = batch["labels"].tolist()
+    assert labels[0] == tok("hello world").input_ids + [50256, -100]
+    assert labels[1][-1] == 50256 and len(labels[1]) == 4  # truncated to max_target_length, eos kept

@@ -114,3 +114,30 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
     export(scratch_model(ArchConfig(type="t5", d_model=32, heads=2, d_ff=64), small), big, tmp_path / "m")
     with pytest.raises(UserError, match=r"tokenizer has \d+ tokens but model .* has only \d+ embedding rows"):
         load_saved(tmp_path / "m", "--student_path")
+
+
+def test_broken_model_directories_give_one_line_errors(tmp_path):
+    tok = train_tokenizer(TEXTS, TokenizerTrainConfig(vocab_size=100))
+    export(scratch_model(ArchConfig(type="bart", d_model=32, heads=2, d_ff=64), tok), tok, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()  # config but no weights
+    with pytest.raises(UserError, match=r"--teacher_path .*: cannot load a seq2seq model or tokenizer from it"):
+        load_saved(tmp_path / "m", "--teacher_path")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(UserError, match="cannot load a seq2seq model"):
+        load_saved(tmp_path / "bert", "--student_path")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot load a seq2seq model"):
+        load_saved(tmp_path / "bad", "--student_path")
+
+
+def test_special_tokens_without_an_embedding_row_are_tolerated(tmp_path):
+    """bart-large-cnn: 50,265 tokenizer ids, 50,264 rows, the extra one being <mask>."""
+    tok = train_tokenizer(TEXTS, TokenizerTrainConfig(vocab_size=100))
+    model = scratch_model(ArchConfig(type="bart", d_model=32, heads=2, d_ff=64), tok)
+    tok.add_special_tokens({"mask_token": "<mask>"})
+    assert len(tok) == model.get_input_embeddings().weight.shape[0] + 1
+    export(model, tok, tmp_path / "m")
+    loaded, tok2 = load_saved(tmp_path / "m", "model")
+    assert len(tok2) == len(tok)
