@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -77,16 +78,33 @@ def run(argv=None) -> int:
     return 0
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted run."""
+    keep, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume_from_checkpoint":
+            skip = True
+        elif arg != "--overwrite" and not arg.startswith("--resume_from_checkpoint="):
+            keep.append(arg)
+    return shlex.join(["python", "main.py", *keep, "--resume_from_checkpoint", "auto"])
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from utils import UserError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from utils import TrainingInterrupted, UserError
     try:
         return run(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"{e}. Resume with: {resume_command(argv)}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (no checkpoint written since the last one)", file=sys.stderr)
         return 130
 
 

@@ -12,6 +12,7 @@ Run directory layout (``training.output_dir``)::
 """
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from config import Config, save_config, to_dict
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
-from training import Trainer, TrainJob, latest_checkpoint
+from checkpoints import latest_checkpoint
+from training import Trainer, TrainJob
 from utils import UserError, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed, setup_logging
 
 
@@ -97,6 +99,7 @@ def prepare_stage(run: Run, role: str) -> tuple[Path, Path, Path | None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     save_config(run.cfg, run.output_dir / "config.resolved.json")  # only once nothing earlier is at risk
+    log.info("%s stage, resolved config: %s", role, json.dumps(to_dict(run.cfg), separators=(",", ":")))
     return run_dir, ckpt_dir, resume_path
 
 

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import get_scheduler
 
+from checkpoints import (config_differences, load_checkpoint_file, rng_state, save_checkpoint_file,
+                         set_rng_state)
 from config import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator
 from distiller_zoo import Objective, cross_entropy_sum
 from generation import generate_texts, generation_config
-from utils import Precision, UserError, atomic_write, log
+from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, log
 
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
 
@@ -126,28 +126,36 @@ class Trainer:
         self.model.train()
         metrics_file = open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         progress = _progress(self.total_steps, self.state.step, job.role)
-        tokens_seen, t0 = 0, time.perf_counter()
         try:
-            while self.state.step < self.total_steps:
-                record = self.train_step(self.window_batches(self.state.epoch, self.state.window))
-                tokens_seen += record.pop("_tokens")
-                epoch_done = self._advance()
-                progress.update(1)
-                if self.state.step % job.optim.log_every == 0 or self.state.step == self.total_steps:
-                    elapsed = time.perf_counter() - t0
-                    record.update(tokens_per_s=round(tokens_seen / max(elapsed, 1e-9), 1))
-                    tokens_seen, t0 = 0, time.perf_counter()
-                    _write_jsonl(metrics_file, record)
-                    log.info("%s step %d/%d loss %.4f lr %.2e %s", job.role, record["step"], self.total_steps,
-                             record["loss"], record["lr"], _fmt_terms(record))
-                if self._checkpoint_due(epoch_done):
-                    if job.val_examples:
-                        _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
-                    self.save_checkpoint()
+            with GracefulStop() as stop:
+                self._loop(metrics_file, progress, stop)
         finally:
             progress.close()
             metrics_file.close()
         return self.finish()
+
+    def _loop(self, metrics_file, progress, stop: GracefulStop) -> None:
+        job = self.job
+        tokens_seen, t0 = 0, time.perf_counter()
+        while self.state.step < self.total_steps:
+            record = self.train_step(self.window_batches(self.state.epoch, self.state.window))
+            tokens_seen += record.pop("_tokens")
+            epoch_done = self._advance()
+            progress.update(1)
+            if self.state.step % job.optim.log_every == 0 or self.state.step == self.total_steps:
+                elapsed = time.perf_counter() - t0
+                record.update(tokens_per_s=round(tokens_seen / max(elapsed, 1e-9), 1))
+                tokens_seen, t0 = 0, time.perf_counter()
+                _write_jsonl(metrics_file, record)
+                log.info("%s step %d/%d loss %.4f lr %.2e %s", job.role, record["step"], self.total_steps,
+                         record["loss"], record["lr"], _fmt_terms(record))
+            saved = None
+            if self._checkpoint_due(epoch_done):
+                if job.val_examples:
+                    _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
+                saved = self.save_checkpoint()
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum, self.state.step, saved or self.save_checkpoint())
 
     def train_step(self, window: list[list[tuple[str, str]]]) -> dict:
         """One optimizer step over an accumulation window; returns the step's log record."""
@@ -286,7 +294,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _save_weights(self, path: Path) -> None:
         state = {name: m.state_dict() for name, m in self.trainable_modules().items()}
-        _atomic_torch_save({"weights": state, "step": self.state.step, "config": self.job.config}, path)
+        save_checkpoint_file({"weights": state, "step": self.state.step, "config": self.job.config}, path)
 
     def save_checkpoint(self) -> Path:
         """Everything needed to continue exactly; written atomically; keeps the newest N."""
@@ -296,14 +304,14 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "state": asdict(s),
             "role": job.role,
             "total_steps": self.total_steps,
             "config": job.config,
         }
         path = job.checkpoint_dir / f"step_{s.step:08d}.pt"
-        _atomic_torch_save(payload, path)
+        save_checkpoint_file(payload, path)
         for old in sorted(job.checkpoint_dir.glob("step_*.pt"))[:-job.optim.save_total_limit]:
             old.unlink()
         log.info("%s checkpoint saved: %s", job.role, path)
@@ -311,15 +319,20 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = load_checkpoint_file(path)
-        if ckpt.get("role") != self.job.role:
-            raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {self.job.role} one; "
-                            f"pass the {self.job.role}'s checkpoint or 'auto'")
+        role = self.job.role
+        if ckpt.get("role") != role:
+            raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {role} one; "
+                            f"pass the {role}'s checkpoint or 'auto'")
         for name, module in self.trainable_modules().items():
             try:
                 module.load_state_dict(ckpt["weights"][name])
             except (KeyError, RuntimeError) as e:
-                raise UserError(f"checkpoint {path} does not fit the configured {self.job.role} "
-                                f"({str(e).splitlines()[0][:200]}); resume with the config it was saved with") from None
+                saved = ckpt.get("config", {})
+                diffs = config_differences(saved.get(role, {}), self.job.config.get(role, {}), f"{role}.") + \
+                    config_differences(saved.get("distill", {}), self.job.config.get("distill", {}), "distill.")
+                what = "; ".join(diffs[:4]) or " ".join(str(e).split())[:200]
+                raise UserError(f"checkpoint {path} does not fit the configured {role} ({what}); resume with the "
+                                f"config it was saved with, or start a new run") from None
         if ckpt["total_steps"] != self.total_steps:
             raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
                             f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
@@ -327,7 +340,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler.is_enabled() and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])  # a fp32/bf16 checkpoint has no scale to restore
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         self.state = TrainState(**ckpt["state"])
         log.info("%s: resumed from %s at step %d (epoch %d)", self.job.role, path, self.state.step, self.state.epoch)
 
@@ -348,45 +361,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
-def load_checkpoint_file(path: Path) -> dict:
-    """Load a checkpoint without executing code from it (weights_only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist; check --resume_from_checkpoint") from None
-    except Exception as e:  # corrupt, truncated or not a checkpoint of ours
-        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); it may be truncated or "
-                        f"corrupt: resume from an older checkpoint or 'auto'") from None
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    found = sorted(checkpoint_dir.glob("step_*.pt"))
-    return found[-1] if found else None
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the records up to ``last_step`` (a resumed run logs the later steps again)."""
     if path.is_file():

@@ -5,7 +5,9 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,42 @@ class UserError(Exception):
 
     ``main.py`` prints the message as one line and exits with code 2, no traceback.
     The message names the problem and the fix."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the current step finished and a checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved: {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class GracefulStop:
+    """Within ``with GracefulStop() as stop:``, SIGINT and SIGTERM only set ``stop.signum``, so the
+    loop can finish its optimizer step and save before leaving. A second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # impatient second Ctrl-C
+        self.signum = signum
+        log.warning("%s received: finishing the current step, then saving a checkpoint",
+                    signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
 
 
 # --------------------------------------------------------------------------- devices

@@ -12,7 +12,8 @@ from data_loader import Example, Seq2SeqCollator
 from demo_data import generate
 from main import main
 from models import scratch_model, train_tokenizer
-from training import Trainer, TrainJob, load_checkpoint_file
+from checkpoints import load_checkpoint_file
+from training import Trainer, TrainJob
 from utils import UserError, resolve_precision
 
 

@@ -1,0 +1,98 @@
+"""Checkpoint files: atomic writes with a disk-space check, safe loads, RNG state, config diffs.
+
+A checkpoint is one ``step_<N>.pt`` file written by ``torch.save`` to a temporary name, flushed,
+fsynced and renamed, so a kill at any moment (even ``kill -9`` mid-write) leaves the previous
+checkpoints intact. It is read with ``torch.load(weights_only=True)``: tensors, numbers, strings
+and containers only, so a checkpoint cannot execute code.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import UserError, atomic_write, log
+
+DISK_MARGIN = 1.2  # free space wanted, as a multiple of the checkpoint's size
+
+
+def save_checkpoint_file(payload: dict, path: Path) -> None:
+    """Write ``payload`` atomically, after checking the disk can hold it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    need = int(tensor_bytes(payload) * DISK_MARGIN) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise UserError(f"not enough disk space for a checkpoint in {path.parent}: about {need / 2**20:,.0f} MB "
+                        f"needed, {free / 2**20:,.0f} MB free; free some space (older runs) or set "
+                        f"training.checkpoint_dir to another disk, then resume with --resume_from_checkpoint auto")
+    atomic_write(path, lambda f: torch.save(payload, f), binary=True)
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of every tensor in a nested structure (what dominates a checkpoint's size)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    """Load a checkpoint without executing code from it (weights_only)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist; check --resume_from_checkpoint") from None
+    except Exception as e:  # corrupt, truncated or not a checkpoint of ours
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); it may be truncated or "
+                        f"corrupt: resume from an older checkpoint or 'auto'") from None
+    if not isinstance(ckpt, dict) or "weights" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint written by this tool; pass a step_*.pt file or 'auto'")
+    return ckpt
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint that loads; newer unreadable ones are reported and passed over."""
+    for path in sorted(checkpoint_dir.glob("step_*.pt"), reverse=True):
+        try:
+            load_checkpoint_file(path)
+            return path
+        except UserError as e:
+            log.warning("skipping %s: %s", path.name, e)
+    return None
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two nested config dicts, as 'key: saved -> current'."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b, name = saved.get(key), current.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
