@@ -291,6 +291,20 @@ class DistillConfig:
 
 # --------------------------------------------------------------------------- benchmark
 @dataclass
+class ExtraModel:
+    """Another model to benchmark beside the teacher and the student, e.g. a baseline student."""
+
+    name: str = doc("Its name in the reports (not 'teacher' or 'student').", "baseline")
+    path: str = doc("A saved model directory (save_pretrained, with its tokenizer).", "")
+
+    def __post_init__(self):
+        if self.name in ("teacher", "student", "copy_source", "untrained_student") or not self.name.strip():
+            raise ValueError(f"name: {self.name!r} is taken or empty; choose another name")
+        if not self.path:
+            raise ValueError("path: give the saved model directory")
+
+
+@dataclass
 class BenchmarkConfig:
     """Generation settings (identical for every compared model) and what to measure."""
 
@@ -303,8 +317,11 @@ class BenchmarkConfig:
     length_penalty: float = doc("Beam-search length penalty.", 1.0)
     bad_phrases: list[str] = doc("Phrases the models may not generate (turned into bad_words_ids).", factory=list)
     warmup_batches: int = doc("Untimed generation batches before timing.", 1)
+    latency_samples: int = doc("Examples decoded one at a time (batch size 1) for latency p50/p95; 0 skips.", 20)
     metrics: list[str] = doc("Quality metrics: rouge, bleu, sacrebleu, chrf.",
                              factory=lambda: ["rouge", "bleu", "sacrebleu", "chrf"])
+    models: list[ExtraModel] = doc("More models to evaluate, e.g. [{name: baseline, path: runs/b/student/final}]; "
+                                   "the student is compared with each.", factory=list)
     baselines: list[str] = doc("Reference rows in the report: 'copy_source' (the input as the output) and "
                                "'untrained_student' (the student's architecture, random weights).", factory=list)
 
@@ -318,6 +335,8 @@ class BenchmarkConfig:
             raise ValueError(f"no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
         if self.warmup_batches < 0:
             raise ValueError(f"warmup_batches: must be >= 0, got {self.warmup_batches}")
+        if self.latency_samples < 0:
+            raise ValueError(f"latency_samples: must be >= 0, got {self.latency_samples}")
         for m in self.metrics:
             _choice("metrics", m, ("rouge", "bleu", "sacrebleu", "chrf"))
         for b in self.baselines:
@@ -548,6 +567,8 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
             m.name_or_path = fix(m.name_or_path)
     for f in ("train_file", "validation_file", "test_file"):
         setattr(cfg.data, f, fix(getattr(cfg.data, f)))
+    for extra in cfg.benchmark.models:
+        extra.path = fix(extra.path)
 
 
 def to_dict(cfg) -> dict:

@@ -234,6 +234,10 @@ def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = 
         if found is not None:
             check_positions(found[0], cfg, role)
             models.append(BenchModel(role, *found))
+    for extra in cfg.benchmark.models:
+        model, tok = load_saved(extra.path, f"benchmark.models {extra.name!r}")
+        check_positions(model, cfg, extra.name)
+        models.append(BenchModel(extra.name, model, tok, Path(extra.path)))
     if not models:
         raise UserError("benchmark: no model to evaluate; pass --teacher_path and/or --student_path, or run "
                         "train_teacher / distill_student into this --output_dir first")

@@ -59,9 +59,13 @@ def test_report_files_parse_and_agree(pipeline_run):
     teacher, student = results["models"][:2]
     for key in ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu1", "bleu4", "sacrebleu", "chrf"):
         assert 0 <= student["metrics"][key] <= 100
-    for key in ("params_total", "size_on_disk_mb", "samples_per_s", "tokens_per_s"):
+    for key in ("params_total", "size_on_disk_mb", "samples_per_s", "tokens_per_s", "peak_memory_mb",
+                "latency_p50_ms", "latency_p95_ms"):
         assert student[key] > 0
-    comp = results["comparison"]
+    assert student["latency_p50_ms"] <= student["latency_p95_ms"]
+    assert student["generation_config"]["num_beams"] == 1 and student["generation_config"]["min_length"] == 0
+    assert list(results["comparison"]) == ["student vs teacher"]  # reference rows are not compared
+    comp = results["comparison"]["student vs teacher"]
     assert comp["compression_ratio"] == pytest.approx(teacher["params_total"] / student["params_total"], rel=1e-3)
     assert comp["speedup"] == pytest.approx(student["samples_per_s"] / teacher["samples_per_s"], rel=1e-2)
     for key, pct in comp["retention_pct"].items():
@@ -85,7 +89,7 @@ def test_modes_one_by_one_and_refusal_to_overwrite(pipeline_run, tmp_path):  # r
     bench = tmp_path / "bench"
     assert main(["--mode", "benchmark", "--config", str(cfg), "--output_dir", str(bench),
                  "--teacher_path", str(out / "teacher/final"), "--student_path", str(out / "student/final")]) == 0
-    assert json.loads((bench / "benchmark_results.json").read_text())["comparison"]["compression_ratio"] > 1
+    assert json.loads((bench / "benchmark_results.json").read_text())["comparison"]["student vs teacher"]["compression_ratio"] > 1
     # one model only: no comparison, still all three files
     single = tmp_path / "single"
     assert main(["--mode", "benchmark", "--config", str(cfg), "--output_dir", str(single),
@@ -183,3 +187,20 @@ def test_real_data_t5_tokenizer_and_generation_metric_for_best(shared, tmp_path,
     assert len(preds) == 4 and all(1 <= len(p["references"]) <= 3 for p in preds)
     assert all("idiot" not in p["prediction"] for p in preds)
     assert AutoConfig.from_pretrained(out / "student/final").vocab_size == 32100
+
+
+def test_a_baseline_student_is_benchmarked_and_compared(pipeline_run, tmp_path):
+    cfg, out = pipeline_run
+    data = json.loads(cfg.read_text())
+    data["benchmark"]["models"] = [{"name": "baseline", "path": str(out / "teacher/final")}]
+    data["benchmark"]["baselines"] = []
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    bench = tmp_path / "bench"
+    assert main(["--mode", "benchmark", "--config", str(path), "--output_dir", str(bench),
+                 "--teacher_path", str(out / "teacher/final"), "--student_path", str(out / "student/final")]) == 0
+    results = json.loads((bench / "benchmark_results.json").read_text())
+    assert [m["name"] for m in results["models"]] == ["teacher", "student", "baseline"]
+    assert list(results["comparison"]) == ["student vs teacher", "baseline vs teacher", "student vs baseline"]
+    same = results["comparison"]["baseline vs teacher"]  # the baseline here is the teacher itself
+    assert same["compression_ratio"] == 1.0 and all(v == 100.0 for v in same["retention_pct"].values() if v)

@@ -43,7 +43,7 @@ def test_an_already_trained_teacher_is_used_as_is_and_benchmarked(tiny_config_di
     assert not (out / "teacher").exists()
     results = json.loads((out / "benchmark_results.json").read_text())
     assert [m["name"] for m in results["models"]] == ["teacher", "student"]
-    assert results["comparison"]["compression_ratio"] > 1
+    assert results["comparison"]["student vs teacher"]["compression_ratio"] > 1
 
 
 def test_config_errors_found_before_training_and_nothing_overwritten(tiny_config_dict, write_config, tmp_path, capsys):

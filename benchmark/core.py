@@ -1,0 +1,153 @@
+"""Evaluate every model the same way and compare them."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.measure import PeakMemory, disk_mb, environment, latency, timed_generation
+from benchmark.report import write_reports
+from generation import generate_texts, generation_config
+from metrics import compute_metrics, sacrebleu_signatures
+from utils import UserError, count_parameters, log
+
+REFERENCE_ROWS = ("copy_source", "untrained_student")  # floors, not candidates: left out of comparisons
+
+
+@dataclass
+class BenchModel:
+    name: str                      # "teacher", "student", an extra model's name, or a reference row
+    model: torch.nn.Module | None  # None for copy_source
+    tokenizer: object
+    path: Path | None = None
+
+
+def run_benchmark(models: list[BenchModel], run) -> dict:
+    """Evaluate ``models`` on the configured split and write the reports into run.output_dir."""
+    cfg = run.cfg.benchmark
+    examples = benchmark_examples(run)
+    models = models + reference_rows(models, cfg.baselines)
+    log.info("benchmark: %d %s examples, models %s", len(examples), cfg.split, ", ".join(m.name for m in models))
+    evaluated = [evaluate_model(m, examples, run) for m in models]
+    records = [r for r, _ in evaluated]
+    results = {
+        "split": cfg.split,
+        "num_examples": len(examples),
+        "decoding": decoding_settings(cfg),
+        "sacrebleu_signatures": sacrebleu_signatures(),
+        "environment": environment(run.device, run.precision),
+        "models": records,
+        "comparison": compare(records),
+    }
+    write_reports(results, run.output_dir)
+    return results
+
+
+def benchmark_examples(run):
+    cfg = run.cfg.benchmark
+    examples = getattr(run.splits, cfg.split)
+    if cfg.max_samples:
+        examples = examples[:cfg.max_samples]
+    if not examples:
+        raise UserError(f"benchmark.split {cfg.split!r} is empty; choose another split or adjust data.split_ratios")
+    return examples
+
+
+def reference_rows(models: list[BenchModel], names: list[str]) -> list[BenchModel]:
+    """Rows that show whether the trained models learned anything (the input copied; random weights)."""
+    out = []
+    ref = next((m for m in reversed(models) if m.model is not None), None)
+    for name in names:
+        if name == "copy_source":
+            out.append(BenchModel("copy_source", None, ref.tokenizer if ref else None))
+        elif name == "untrained_student" and ref is not None:
+            from transformers import AutoModelForSeq2SeqLM
+            torch.manual_seed(0)
+            out.append(BenchModel("untrained_student", AutoModelForSeq2SeqLM.from_config(ref.model.config),
+                                  ref.tokenizer))
+    return out
+
+
+def evaluate_model(bm: BenchModel, examples, run) -> tuple[dict, list[str]]:
+    """(record, predictions) of one model: quality, speed, memory and size."""
+    cfg = run.cfg.benchmark
+    sources = [e.source for e in examples]
+    record = {"name": bm.name, "path": str(bm.path) if bm.path else None}
+    if bm.model is None:
+        preds = list(sources)
+    else:
+        preds = _measure(bm, sources, run, record)
+    record["metrics"] = {k: round(v, 4) for k, v in
+                         compute_metrics(preds, [e.references for e in examples], cfg.metrics).items()}
+    _write_predictions(run.output_dir / f"predictions_{bm.name}.jsonl", examples, preds)
+    log.info("benchmark %s: %s", bm.name, " ".join(f"{k} {v:.2f}" for k, v in record["metrics"].items()))
+    return record, preds
+
+
+def _measure(bm: BenchModel, sources, run, record: dict) -> list[str]:
+    cfg, data = run.cfg.benchmark, run.cfg.data
+    model = bm.model.to(run.device).eval()
+    gen_config = generation_config(cfg, model, bm.tokenizer)
+    record["generation_config"] = gen_config.to_diff_dict()
+    gen = dict(prefix=data.prefix, max_source_length=data.max_source_length, gen_config=gen_config,
+               batch_size=cfg.batch_size, device=run.device, precision=run.precision)
+    if cfg.warmup_batches:  # first calls pay for allocation and kernel selection
+        generate_texts(model, bm.tokenizer, sources[:cfg.batch_size * cfg.warmup_batches], **gen)
+    with PeakMemory(run.device) as mem:
+        preds, speed = timed_generation(model, bm.tokenizer, sources, gen, run.device)
+    total, trainable = count_parameters(model)
+    record.update(params_total=total, params_trainable=trainable, size_on_disk_mb=disk_mb(model, bm.path),
+                  peak_memory_mb=mem.peak_mb, **speed,
+                  **latency(model, bm.tokenizer, sources, gen, run.device, cfg.latency_samples))
+    model.to("cpu")  # one model on the accelerator at a time
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return preds
+
+
+def _write_predictions(path: Path, examples, preds) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for e, p in zip(examples, preds):
+            f.write(json.dumps({"source": e.source, "references": e.references, "prediction": p},
+                               ensure_ascii=False) + "\n")
+
+
+def decoding_settings(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in ("num_beams", "max_new_tokens", "no_repeat_ngram_size", "length_penalty",
+                                          "bad_phrases", "batch_size")}
+
+
+# --------------------------------------------------------------------------- comparison
+def comparison_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(model, reference) pairs: every candidate against the teacher, the student against the others."""
+    candidates = [n for n in names if n not in REFERENCE_ROWS]
+    pairs = [(n, "teacher") for n in candidates if n != "teacher" and "teacher" in candidates]
+    if "student" in candidates:
+        pairs += [("student", n) for n in candidates if n not in ("student", "teacher")]
+    return pairs
+
+
+def compare(records: list[dict]) -> dict:
+    """Per pair: compression ratio, size ratio, speedup and retention % for every metric."""
+    by_name = {r["name"]: r for r in records}
+    out = {}
+    for m, ref in comparison_pairs(list(by_name)):
+        a, b = by_name[m], by_name[ref]
+        out[f"{m} vs {ref}"] = {
+            "model": m, "reference": ref,
+            "compression_ratio": _ratio(b.get("params_total"), a.get("params_total")),
+            "size_ratio": _ratio(b.get("size_on_disk_mb"), a.get("size_on_disk_mb")),
+            "speedup": _ratio(a.get("samples_per_s"), b.get("samples_per_s")),
+            "retention_pct": {k: _pct(a["metrics"].get(k), v) for k, v in b["metrics"].items()},
+        }
+    return out
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _pct(value, reference):
+    return round(100.0 * value / reference, 2) if value is not None and reference else None

@@ -1,0 +1,103 @@
+"""The three report files, all rendered from one results dict (so they cannot disagree)."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from utils import atomic_write_text, log, write_json
+
+SIZE_KEYS = ("params_total", "params_trainable", "size_on_disk_mb", "peak_memory_mb")
+SPEED_KEYS = ("samples_per_s", "tokens_per_s", "latency_p50_ms", "latency_p95_ms")
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list]]:
+    """Models x (metrics, their CI bounds, size, speed): shared by the CSV and the text report."""
+    metric_keys = list(results["models"][0]["metrics"])
+    header = ["model"]
+    for k in metric_keys:
+        header += [k, f"{k}_ci_low", f"{k}_ci_high"]
+    header += [*SIZE_KEYS, *SPEED_KEYS]
+    rows = []
+    for r in results["models"]:
+        row = [r["name"]]
+        for k in metric_keys:
+            low, high = r.get("ci", {}).get(k, (None, None))
+            row += [r["metrics"].get(k), low, high]
+        rows.append(row + [r.get(k) for k in SIZE_KEYS + SPEED_KEYS])
+    return header, rows
+
+
+def write_reports(results: dict, out: Path) -> None:
+    write_json(out / "benchmark_results.json", results)
+    header, rows = table_rows(results)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows([[("" if v is None else v) for v in row] for row in rows])
+    atomic_write_text(out / "comparison_table.csv", buf.getvalue())
+    atomic_write_text(out / "benchmark_report.txt", render_text(results))
+    log.info("benchmark reports written to %s", out)
+
+
+def render_text(results: dict) -> str:
+    d, env = results["decoding"], results["environment"]
+    conf = int(round(results.get("confidence", 0.95) * 100))
+    out = [f"Benchmark on {results['num_examples']} {results['split']} examples "
+           f"({env['device']}, {env['precision']}, torch {env['torch']}, transformers {env['transformers']})",
+           "Decoding (same for every model): " + ", ".join(f"{k}={v}" for k, v in d.items()), "",
+           f"Quality (0-100, {conf}% bootstrap interval in brackets)"]
+    out += _aligned(_quality_cells(results)) + ["", "Size and speed"] + _aligned(_speed_cells(results))
+    for name, comp in results["comparison"].items():
+        out += ["", f"{name}"] + _comparison_lines(comp, conf)
+    notes = results.get("notes", [])
+    if notes:
+        out += ["", "Notes"] + [f"  - {n}" for n in notes]
+    out += ["", "sacreBLEU signatures: " + "; ".join(f"{k}: {v}" for k, v in results["sacrebleu_signatures"].items())]
+    return "\n".join(out) + "\n"
+
+
+def _quality_cells(results):
+    keys = list(results["models"][0]["metrics"])
+    cells = [["model", *keys]]
+    for r in results["models"]:
+        row = [r["name"]]
+        for k in keys:
+            v, ci = r["metrics"].get(k), r.get("ci", {}).get(k)
+            row.append(f"{fmt(v)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(v))
+        cells.append(row)
+    return cells
+
+
+def _speed_cells(results):
+    keys = [k for k in SIZE_KEYS + SPEED_KEYS if any(r.get(k) is not None for r in results["models"])]
+    return [["model", *keys]] + [[r["name"], *(fmt(r.get(k)) for k in keys)] for r in results["models"]]
+
+
+def _comparison_lines(c: dict, conf: int) -> list[str]:
+    lines = [f"  compression ratio (params of {c['reference']} / params of {c['model']}): {fmt(c['compression_ratio'])}x",
+             f"  size on disk ratio: {fmt(c['size_ratio'])}x",
+             f"  speedup (samples/s of {c['model']} / samples/s of {c['reference']}): {fmt(c['speedup'])}x",
+             f"  retention % ({c['model']} / {c['reference']} x 100) and paired difference "
+             f"({c['model']} - {c['reference']}, {conf}% interval):"]
+    for k, pct in c["retention_pct"].items():
+        diff = c.get("paired", {}).get(k)
+        extra = f"   diff {fmt(diff['difference'])} [{fmt(diff['low'])}, {fmt(diff['high'])}]" if diff else ""
+        lines.append(f"    {k:<18} {fmt(pct):>8}{extra}")
+    return lines
+
+
+def _aligned(cells: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in cells) for i in range(len(cells[0]))]
+    line = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    return [line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])]
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 1e6 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
