@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from benchmark.measure import PeakMemory, disk_mb, environment, latency, timed_generation
+from benchmark.measure import (
+    PeakMemory,
+    disk_mb,
+    environment,
+    latency,
+    timed_generation,
+)
+from benchmark.plots import write_plots
 from benchmark.report import write_reports
 from generation import generate_texts, generation_config
 from metrics import compute_metrics, sacrebleu_signatures
@@ -41,6 +48,8 @@ def run_benchmark(models: list[BenchModel], run) -> dict:
         "models": records,
         "comparison": compare(records),
     }
+    run_dirs = {role: run.output_dir / role for role in ("teacher", "student")}
+    results["plots"] = write_plots(results, run.output_dir, run_dirs)
     write_reports(results, run.output_dir)
     return results
 

@@ -79,6 +79,10 @@ def test_report_files_parse_and_agree(pipeline_run):
     assert "retention %" in text and "compression ratio" in text and f"{comp['compression_ratio']:.2f}x" in text
     preds = [json.loads(line) for line in (out / "predictions_student.jsonl").read_text().splitlines()]
     assert len(preds) == results["num_examples"] and {"source", "references", "prediction"} <= set(preds[0])
+    plots = {os.path.basename(p) for p in results["plots"]}
+    assert plots == {"metrics.png", "quality_vs_speed.png", "training_teacher.png", "training_student.png"}
+    for p in results["plots"]:
+        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(p) > 5000
     copy_rows = [json.loads(line) for line in (out / "predictions_copy_source.jsonl").read_text().splitlines()]
     assert all(r["prediction"] == r["source"] for r in copy_rows)
 

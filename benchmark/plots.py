@@ -1,0 +1,86 @@
+"""PNG plots of a benchmark: metric bars with interval whiskers, quality vs speed, training curves."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed (servers, CI)
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_plots(results: dict, out: Path, run_dirs: dict[str, Path]) -> list[str]:
+    """All plots for ``results``; ``run_dirs`` maps a role to the directory of its metrics.jsonl."""
+    plot_dir = out / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    written = [metric_bars(results, plot_dir / "metrics.png")]
+    speed = quality_vs_speed(results, plot_dir / "quality_vs_speed.png")
+    written += [speed] if speed else []
+    for role, run_dir in run_dirs.items():
+        curve = training_curves(run_dir / "metrics.jsonl", plot_dir / f"training_{role}.png", role)
+        written += [curve] if curve else []
+    return [str(p) for p in written]
+
+
+def metric_bars(results: dict, path: Path) -> Path:
+    models = results["models"]
+    keys = list(models[0]["metrics"])
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(keys) * len(models) + 2), 4))
+    for i, m in enumerate(models):
+        xs = [k + (i - (len(models) - 1) / 2) * width for k in range(len(keys))]
+        values = [m["metrics"][k] for k in keys]
+        ci = m.get("ci", {})
+        err = [[v - ci[k][0] if k in ci else 0 for k, v in zip(keys, values)],
+               [ci[k][1] - v if k in ci else 0 for k, v in zip(keys, values)]]
+        ax.bar(xs, values, width, yerr=err, capsize=2, label=m["name"])
+    ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
+    ax.set_ylabel("score (0-100)")
+    ax.set_title(f"Quality on {results['num_examples']} {results['split']} examples")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def quality_vs_speed(results: dict, path: Path, metric: str | None = None) -> Path | None:
+    timed = [m for m in results["models"] if m.get("samples_per_s")]
+    if not timed:
+        return None
+    metric = metric or ("rougeL" if "rougeL" in timed[0]["metrics"] else next(iter(timed[0]["metrics"])))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in timed:
+        ax.scatter(m["samples_per_s"], m["metrics"][metric], s=20 + 80 * (m["params_total"] / max(
+            t["params_total"] for t in timed)))
+        ax.annotate(m["name"], (m["samples_per_s"], m["metrics"][metric]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("throughput (samples/s)")
+    ax.set_ylabel(metric)
+    ax.set_title("Quality vs speed (marker size: parameters)")
+    return _save(fig, path)
+
+
+def training_curves(metrics_file: Path, path: Path, role: str) -> Path | None:
+    if not metrics_file.is_file():
+        return None
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in train]
+    for key in [k for k in train[0] if k not in ("step", "epoch", "lr", "tokens_per_s")]:
+        ax.plot(steps, [r.get(key) for r in train], label=f"train {key}")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval"]["loss"] for r in evals], "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per target token")
+    ax.set_title(f"{role} training")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
