@@ -389,6 +389,8 @@ def _choice(name, value, choices):
 def read_config_file(path: str | Path) -> dict:
     """Read a JSON or YAML file into a dict, with one-line errors."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a config file; give --config a .json or .yaml file")
     if not path.is_file():
         raise UserError(f"config file not found: {path} (check the path given to --config)")
     try:

@@ -25,7 +25,8 @@ from distiller_zoo import LossConfigError, Objective, build_loss
 from models import build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
-from utils import UserError, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed, setup_logging
+from utils import (UserError, attach_log_file, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed,
+                   setup_logging)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Run:
     checkpoint_dir: Path
     device: torch.device
     precision: object
+    log_file: Path
     _splits: Splits | None = field(default=None, repr=False)
 
     @property
@@ -62,14 +64,13 @@ def start(cfg: Config, args) -> Run:
     out = ensure_writable_dir(t.output_dir, "output_dir")
     ckpt = ensure_writable_dir(t.checkpoint_dir or out / "checkpoints", "checkpoint_dir")
     logs = ensure_writable_dir(t.log_dir or out / "logs", "log_dir")
-    setup_logging(logs / "run.log")
+    setup_logging()
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    log.info("run directory %s (device %s, precision %s)", out.resolve(), device, precision.name)
     _quiet_transformers()
-    return Run(cfg, args, out, ckpt, device, precision)
+    return Run(cfg, args, out, ckpt, device, precision, logs / "run.log")
 
 
 def _quiet_transformers():
@@ -79,8 +80,18 @@ def _quiet_transformers():
 
 
 # --------------------------------------------------------------------------- stage helpers
-def prepare_stage(run: Run, role: str) -> tuple[Path, Path, Path | None]:
-    """(run_dir, checkpoint_dir, checkpoint to resume) for a training stage; guards earlier results."""
+@dataclass
+class Stage:
+    """A training stage's directories and the checkpoint it resumes from (if any)."""
+
+    role: str
+    run_dir: Path
+    checkpoint_dir: Path
+    resume: Path | None
+
+
+def prepare_stage(run: Run, role: str) -> Stage:
+    """Find the checkpoint to resume and refuse to touch earlier results; writes nothing."""
     run_dir, ckpt_dir = run.output_dir / role, run.checkpoint_dir / role
     resume = run.args.resume_from_checkpoint
     if resume and resume != "auto":
@@ -90,17 +101,31 @@ def prepare_stage(run: Run, role: str) -> tuple[Path, Path, Path | None]:
                             f"from {ckpt_dir} or 'auto')")
     else:
         resume_path = latest_checkpoint(ckpt_dir) if resume == "auto" else None
+    if resume == "auto" and resume_path is None and any(ckpt_dir.glob("step_*.pt")):
+        raise UserError(f"--resume_from_checkpoint auto: every checkpoint in {ckpt_dir} is truncated or corrupt; "
+                        f"pass an older one explicitly, or --overwrite to start this stage over")
     if resume_path is None and not run.args.overwrite and _has_results(run_dir, ckpt_dir):
         raise UserError(f"{run_dir} already holds a {role} run; pass --resume_from_checkpoint auto to continue it, "
                         f"--overwrite to replace it, or another --output_dir")
-    if resume_path is None and run.args.overwrite:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    save_config(run.cfg, run.output_dir / "config.resolved.json")  # only once nothing earlier is at risk
-    log.info("%s stage, resolved config: %s", role, json.dumps(to_dict(run.cfg), separators=(",", ":")))
-    return run_dir, ckpt_dir, resume_path
+    return Stage(role, run_dir, ckpt_dir, resume_path)
+
+
+def commit_stage(run: Run, stage: Stage) -> None:
+    """Every check passed: now clear what --overwrite replaces, create the directories, start the
+    log file and record the resolved config. Nothing earlier is touched before this point."""
+    if stage.resume is None and run.args.overwrite:
+        shutil.rmtree(stage.run_dir, ignore_errors=True)
+        shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    stage.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    record_run(run, f"{stage.role} stage")
+
+
+def record_run(run: Run, what: str) -> None:
+    attach_log_file(run.log_file)
+    save_config(run.cfg, run.output_dir / "config.resolved.json")
+    log.info("%s in %s (device %s, precision %s); resolved config: %s", what, run.output_dir.resolve(), run.device,
+             run.precision.name, json.dumps(to_dict(run.cfg), separators=(",", ":")))
 
 
 def _has_results(run_dir: Path, ckpt_dir: Path) -> bool:
@@ -119,15 +144,15 @@ def check_positions(model, cfg: Config, role: str) -> None:
             raise UserError(f"{key} ({n}) exceeds the {role} model's {limit} positions; lower {key}")
 
 
-def make_job(run: Run, role: str, tokenizer, run_dir: Path, ckpt_dir: Path, **extra) -> TrainJob:
+def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
     cfg = run.cfg
     splits = run.splits
     if not splits.train:
         raise UserError("data: the training split is empty; add data or raise data.split_ratios[0]")
     return TrainJob(role=role, optim=getattr(cfg.training, role),
                     train_pairs=training_pairs(splits.train, cfg.data.train_on_all_references),
-                    val_examples=splits.validation, collator=run.collator(tokenizer), run_dir=run_dir,
-                    checkpoint_dir=ckpt_dir, device=run.device, precision=run.precision, seed=cfg.training.seed,
+                    val_examples=splits.validation, collator=run.collator(tokenizer), run_dir=stage.run_dir,
+                    checkpoint_dir=stage.checkpoint_dir, device=run.device, precision=run.precision, seed=cfg.training.seed,
                     config=to_dict(cfg), generation=cfg.benchmark, **extra)
 
 
@@ -135,14 +160,22 @@ def make_job(run: Run, role: str, tokenizer, run_dir: Path, ckpt_dir: Path, **ex
 def train_teacher(cfg: Config, args, run: Run | None = None) -> Path:
     """Train the teacher with cross-entropy; returns <output_dir>/teacher/final."""
     run = run or start(cfg, args)
-    run_dir, ckpt_dir, resume = prepare_stage(run, "teacher")
+    stage = prepare_stage(run, "teacher")
     set_seed(cfg.training.seed)
     tok = load_tokenizer(cfg.teacher.tokenizer, cfg.teacher.name_or_path,
                          run.tokenizer_texts() if cfg.teacher.tokenizer.train else None)
     model = build_model(cfg.teacher, tok)
     check_positions(model, cfg, "teacher")
-    final = Trainer(make_job(run, "teacher", tok, run_dir, ckpt_dir), model, tok).train(resume)
-    log.info("teacher exported to %s", final)
+    return run_stage(run, stage, Trainer(make_job(run, "teacher", tok, stage), model, tok))
+
+
+def run_stage(run: Run, stage: Stage, trainer: Trainer) -> Path:
+    """Load the checkpoint (a mismatch is refused before anything is written), then train."""
+    if stage.resume is not None:
+        trainer.load_checkpoint(stage.resume)
+    commit_stage(run, stage)
+    final = trainer.train()
+    log.info("%s exported to %s", stage.role, final)
     return final
 
 
@@ -157,7 +190,7 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
                         f"{run.output_dir / 'teacher' / 'final'}), pass --teacher_path DIR, or set teacher.init "
                         f"pretrained with a name_or_path")
     teacher, t_tok, _ = found
-    run_dir, ckpt_dir, resume = prepare_stage(run, "student")
+    stage = prepare_stage(run, "student")
     set_seed(cfg.training.seed)
     student, s_tok = build_student(run, teacher, t_tok, attentions)
     check_positions(teacher, cfg, "teacher")
@@ -171,10 +204,8 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
         objective.bind(student.config, teacher.config)
     except ValueError as e:
         raise UserError(f"distill.losses: {e}") from None
-    job = make_job(run, "student", s_tok, run_dir, ckpt_dir, objective=objective, teacher=teacher)
-    final = Trainer(job, student, s_tok).train(resume)
-    log.info("student exported to %s", final)
-    return final
+    job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher)
+    return run_stage(run, stage, Trainer(job, student, s_tok))
 
 
 def build_student(run: Run, teacher, t_tok, attentions: bool):
@@ -243,7 +274,7 @@ def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = 
                         "train_teacher / distill_student into this --output_dir first")
     for old in run.output_dir.glob("predictions_*.jsonl"):
         old.unlink()  # allowed by check_reports_free; stale files of models no longer compared go too
-    save_config(cfg, run.output_dir / "config.resolved.json")
+    record_run(run, "benchmark")
     return run_benchmark(models, run)
 
 

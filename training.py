@@ -112,11 +112,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self, resume: Path | None = None) -> Path:
-        """Train to ``total_steps``; returns the exported final model directory."""
+        """Train to ``total_steps`` (from ``resume``, or wherever load_checkpoint left the state);
+        returns the exported final model directory."""
         job = self.job
         if resume is not None:
             self.load_checkpoint(resume)
-            _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps the resume will redo
+        _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps a resume will redo
         log.info("%s: %d training pairs, %d validation examples, %d optimizer steps (%d per epoch), "
                  "batch %d x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
                  len(job.val_examples), self.total_steps, self.windows_per_epoch, job.optim.batch_size,

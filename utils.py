@@ -143,31 +143,39 @@ def set_seed(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- logging
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (it may be replaced after setup, e.g. by tests)."""
+class _ConsoleHandler(logging.StreamHandler):
+    """Progress lines go to stdout (whatever sys.stdout is at the time: it may be replaced after
+    setup, e.g. by tests), so stderr carries only the one-line error of a failed run."""
 
     def emit(self, record):
-        self.stream = sys.stderr
+        self.stream = sys.stdout
         super().emit(record)
 
 
-def setup_logging(log_file: Path | None = None, level=logging.INFO) -> None:
-    """Timestamped lines on stderr and, when given, in ``log_file`` (appended)."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def setup_logging(level=logging.INFO) -> None:
+    """Timestamped lines on stdout; a log file is added with :func:`attach_log_file`."""
     log.setLevel(level)
     log.propagate = False
     for h in list(log.handlers):
-        if isinstance(h, logging.FileHandler):
-            h.close()
+        h.close()
         log.removeHandler(h)
-    stream = _StderrHandler()
-    stream.setFormatter(fmt)
-    log.addHandler(stream)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, encoding="utf-8")
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
+    console = _ConsoleHandler()
+    console.setFormatter(_FORMAT)
+    log.addHandler(console)
+
+
+def attach_log_file(path: Path) -> None:
+    """Also append the log to ``path`` (once a stage may write into its run directory)."""
+    path = Path(path).resolve()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in log.handlers):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(_FORMAT)
+    log.addHandler(fh)
 
 
 # --------------------------------------------------------------------------- files

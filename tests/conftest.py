@@ -33,6 +33,13 @@ TINY_CONFIG = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _kd_log_reaches_caplog():
+    """main() stops the 'kd' logger from propagating (no duplicate lines); caplog needs it to."""
+    import logging
+    logging.getLogger("kd").propagate = True
+
+
 @pytest.fixture
 def tiny_config_dict():
     return copy.deepcopy(TINY_CONFIG)
