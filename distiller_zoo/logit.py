@@ -231,7 +231,26 @@ class TotalVariation(LogitLoss):
         return f"TVD(T={self.temperature:g})"
 
 
-class SkewKL(LogitLoss):
+class _SkewDivergence(LogitLoss):
+    """KL(a || alpha a + (1 - alpha) b): (a, b) = (p, q) for SkewKL, (q, p) for SkewReverseKL."""
+
+    reverse: bool
+
+    def __init__(self, skew_alpha: float = 0.1, temperature: float = 1.0):
+        super().__init__(temperature)
+        self.skew_alpha = _unit_interval("skew_alpha", skew_alpha)
+
+    def token_losses(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        log_q, log_p = _log_probs(student_logits, teacher_logits, t)
+        log_a, log_b = (log_q, log_p) if self.reverse else (log_p, log_q)
+        return _kl(log_a, _log_mixture(log_a, log_b, self.skew_alpha)) * (t * t)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(alpha={self.skew_alpha:g}, T={self.temperature:g})"
+
+
+class SkewKL(_SkewDivergence):
     r"""Alpha-skew (forward) KL of DistiLLM (Ko et al., "DistiLLM: Towards Streamlined
     Distillation for Large Language Models", ICML 2024; ``skewed_forward_kl``), scaled by T^2.
 
@@ -263,21 +282,10 @@ class SkewKL(LogitLoss):
         True
     """
 
-    def __init__(self, skew_alpha: float = 0.1, temperature: float = 1.0):
-        super().__init__(temperature)
-        self.skew_alpha = _unit_interval("skew_alpha", skew_alpha)
-
-    def token_losses(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        t = self.temperature
-        log_q, log_p = _log_probs(student_logits, teacher_logits, t)
-        log_m = _log_mixture(log_p, log_q, self.skew_alpha)   # log(alpha * p + (1 - alpha) * q)
-        return _kl(log_p, log_m) * (t * t)
-
-    def describe(self) -> str:
-        return f"SkewKL(alpha={self.skew_alpha:g}, T={self.temperature:g})"
+    reverse = False
 
 
-class SkewReverseKL(LogitLoss):
+class SkewReverseKL(_SkewDivergence):
     r"""Alpha-skew reverse KL of DistiLLM (Ko et al., ICML 2024; ``skewed_reverse_kl``),
     scaled by T^2.
 
@@ -304,15 +312,4 @@ class SkewReverseKL(LogitLoss):
         True
     """
 
-    def __init__(self, skew_alpha: float = 0.1, temperature: float = 1.0):
-        super().__init__(temperature)
-        self.skew_alpha = _unit_interval("skew_alpha", skew_alpha)
-
-    def token_losses(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        t = self.temperature
-        log_q, log_p = _log_probs(student_logits, teacher_logits, t)
-        log_m = _log_mixture(log_q, log_p, self.skew_alpha)   # log(alpha * q + (1 - alpha) * p)
-        return _kl(log_q, log_m) * (t * t)
-
-    def describe(self) -> str:
-        return f"SkewReverseKL(alpha={self.skew_alpha:g}, T={self.temperature:g})"
+    reverse = True
