@@ -290,6 +290,10 @@ class DistillConfig:
 
 
 # --------------------------------------------------------------------------- benchmark
+TEXT_METRICS = ("rouge", "bleu", "sacrebleu", "chrf")
+MODEL_METRICS = ("bertscore", "style_accuracy", "fluency", "content_preservation")
+
+
 @dataclass
 class ExtraModel:
     """Another model to benchmark beside the teacher and the student, e.g. a baseline student."""
@@ -318,8 +322,18 @@ class BenchmarkConfig:
     bad_phrases: list[str] = doc("Phrases the models may not generate (turned into bad_words_ids).", factory=list)
     warmup_batches: int = doc("Untimed generation batches before timing.", 1)
     latency_samples: int = doc("Examples decoded one at a time (batch size 1) for latency p50/p95; 0 skips.", 20)
-    metrics: list[str] = doc("Quality metrics: rouge, bleu, sacrebleu, chrf.",
-                             factory=lambda: ["rouge", "bleu", "sacrebleu", "chrf"])
+    metrics: list[str] = doc("Quality metrics: rouge, bleu, sacrebleu, chrf (reference-based); bertscore, and for "
+                             "detoxification style_accuracy, fluency, content_preservation (model-based: skipped with "
+                             "a note in the report when their model cannot be loaded).",
+                             factory=lambda: ["rouge", "bleu", "sacrebleu", "chrf", "bertscore"])
+    bertscore_model: str = doc("BERTScore model: a bert_score model name (hub) or a local directory.", "roberta-large")
+    bertscore_layers: Optional[int] = doc("BERTScore layer (null: bert_score's tuned layer for the model).", None)
+    style_classifier: str = doc("Toxicity classifier for style_accuracy (name or directory).",
+                                "s-nlp/roberta_toxicity_classifier")
+    toxic_label: str = doc("The classifier's label for toxic text.", "toxic")
+    fluency_model: str = doc("Causal LM whose perplexity measures fluency (name or directory).", "gpt2")
+    bootstrap_samples: int = doc("Bootstrap resamples for confidence intervals and paired tests (0: none).", 1000)
+    confidence: float = doc("Confidence level of the bootstrap intervals.", 0.95)
     models: list[ExtraModel] = doc("More models to evaluate, e.g. [{name: baseline, path: runs/b/student/final}]; "
                                    "the student is compared with each.", factory=list)
     baselines: list[str] = doc("Reference rows in the report: 'copy_source' (the input as the output) and "
@@ -338,7 +352,11 @@ class BenchmarkConfig:
         if self.latency_samples < 0:
             raise ValueError(f"latency_samples: must be >= 0, got {self.latency_samples}")
         for m in self.metrics:
-            _choice("metrics", m, ("rouge", "bleu", "sacrebleu", "chrf"))
+            _choice("metrics", m, TEXT_METRICS + MODEL_METRICS)
+        if self.bootstrap_samples < 0:
+            raise ValueError(f"bootstrap_samples: must be >= 0, got {self.bootstrap_samples}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence: must be in [0.5, 1), got {self.confidence}")
         for b in self.baselines:
             _choice("baselines", b, ("copy_source", "untrained_student"))
 

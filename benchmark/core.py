@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -15,9 +16,10 @@ from benchmark.measure import (
     timed_generation,
 )
 from benchmark.plots import write_plots
+from benchmark.quality import LOWER_IS_BETTER, intervals, paired, score
 from benchmark.report import write_reports
 from generation import generate_texts, generation_config
-from metrics import compute_metrics, sacrebleu_signatures
+from metrics import sacrebleu_signatures
 from utils import UserError, count_parameters, log
 
 REFERENCE_ROWS = ("copy_source", "untrained_student")  # floors, not candidates: left out of comparisons
@@ -38,15 +40,18 @@ def run_benchmark(models: list[BenchModel], run) -> dict:
     models = models + reference_rows(models, cfg.baselines)
     log.info("benchmark: %d %s examples, models %s", len(examples), cfg.split, ", ".join(m.name for m in models))
     evaluated = [evaluate_model(m, examples, run) for m in models]
-    records = [r for r, _ in evaluated]
+    records = [e.record for e in evaluated]
     results = {
         "split": cfg.split,
         "num_examples": len(examples),
         "decoding": decoding_settings(cfg),
+        "confidence": cfg.confidence,
+        "bootstrap_samples": cfg.bootstrap_samples,
         "sacrebleu_signatures": sacrebleu_signatures(),
         "environment": environment(run.device, run.precision),
         "models": records,
-        "comparison": compare(records),
+        "comparison": compare(records, {e.record["name"]: e for e in evaluated}, examples, cfg),
+        "notes": list(dict.fromkeys(n for e in evaluated for n in e.notes)),
     }
     run_dirs = {role: run.output_dir / role for role in ("teacher", "student")}
     results["plots"] = write_plots(results, run.output_dir, run_dirs)
@@ -79,8 +84,15 @@ def reference_rows(models: list[BenchModel], names: list[str]) -> list[BenchMode
     return out
 
 
-def evaluate_model(bm: BenchModel, examples, run) -> tuple[dict, list[str]]:
-    """(record, predictions) of one model: quality, speed, memory and size."""
+class Evaluated(NamedTuple):
+    record: dict          # what the reports show
+    preds: list[str]
+    per_example: dict     # per-example scores of model-based metrics (for the bootstrap)
+    notes: list[str]      # e.g. a metric skipped because its model is unavailable
+
+
+def evaluate_model(bm: BenchModel, examples, run) -> Evaluated:
+    """Quality (with intervals), speed, memory and size of one model."""
     cfg = run.cfg.benchmark
     sources = [e.source for e in examples]
     record = {"name": bm.name, "path": str(bm.path) if bm.path else None}
@@ -88,11 +100,11 @@ def evaluate_model(bm: BenchModel, examples, run) -> tuple[dict, list[str]]:
         preds = list(sources)
     else:
         preds = _measure(bm, sources, run, record)
-    record["metrics"] = {k: round(v, 4) for k, v in
-                         compute_metrics(preds, [e.references for e in examples], cfg.metrics).items()}
+    record["metrics"], per_example, notes = score(cfg, examples, preds, run.device)
+    record["ci"] = intervals(cfg, examples, preds, per_example)
     _write_predictions(run.output_dir / f"predictions_{bm.name}.jsonl", examples, preds)
     log.info("benchmark %s: %s", bm.name, " ".join(f"{k} {v:.2f}" for k, v in record["metrics"].items()))
-    return record, preds
+    return Evaluated(record, preds, per_example, notes)
 
 
 def _measure(bm: BenchModel, sources, run, record: dict) -> list[str]:
@@ -138,8 +150,9 @@ def comparison_pairs(names: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare(records: list[dict]) -> dict:
-    """Per pair: compression ratio, size ratio, speedup and retention % for every metric."""
+def compare(records: list[dict], evaluated: dict | None = None, examples=None, cfg=None) -> dict:
+    """Per pair: compression ratio, size ratio, speedup, retention % for every metric and, given the
+    predictions, the paired bootstrap difference of every metric."""
     by_name = {r["name"]: r for r in records}
     out = {}
     for m, ref in comparison_pairs(list(by_name)):
@@ -149,8 +162,13 @@ def compare(records: list[dict]) -> dict:
             "compression_ratio": _ratio(b.get("params_total"), a.get("params_total")),
             "size_ratio": _ratio(b.get("size_on_disk_mb"), a.get("size_on_disk_mb")),
             "speedup": _ratio(a.get("samples_per_s"), b.get("samples_per_s")),
-            "retention_pct": {k: _pct(a["metrics"].get(k), v) for k, v in b["metrics"].items()},
+            "retention_pct": {k: _pct(a["metrics"].get(k), v) for k, v in b["metrics"].items()
+                              if k not in LOWER_IS_BETTER},
         }
+        if evaluated is not None:
+            ea, eb = evaluated[m], evaluated[ref]
+            out[f"{m} vs {ref}"]["paired"] = paired(cfg, examples, (ea.preds, ea.per_example),
+                                                     (eb.preds, eb.per_example))
     return out
 
 

@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed (servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmark.quality import LOWER_IS_BETTER  # noqa: E402
+from benchmark.report import metric_keys  # noqa: E402
+
 
 def write_plots(results: dict, out: Path, run_dirs: dict[str, Path]) -> list[str]:
     """All plots for ``results``; ``run_dirs`` maps a role to the directory of its metrics.jsonl."""
@@ -24,13 +27,14 @@ def write_plots(results: dict, out: Path, run_dirs: dict[str, Path]) -> list[str
 
 
 def metric_bars(results: dict, path: Path) -> Path:
+    """Scores on the 0-100 scale (perplexity, unbounded and lower-is-better, is left out)."""
     models = results["models"]
-    keys = list(models[0]["metrics"])
+    keys = [k for k in metric_keys(results) if k not in LOWER_IS_BETTER]
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(keys) * len(models) + 2), 4))
     for i, m in enumerate(models):
         xs = [k + (i - (len(models) - 1) / 2) * width for k in range(len(keys))]
-        values = [m["metrics"][k] for k in keys]
+        values = [m["metrics"].get(k) or 0.0 for k in keys]
         ci = m.get("ci", {})
         err = [[v - ci[k][0] if k in ci else 0 for k, v in zip(keys, values)],
                [ci[k][1] - v if k in ci else 0 for k, v in zip(keys, values)]]
@@ -46,7 +50,9 @@ def quality_vs_speed(results: dict, path: Path, metric: str | None = None) -> Pa
     timed = [m for m in results["models"] if m.get("samples_per_s")]
     if not timed:
         return None
-    metric = metric or ("rougeL" if "rougeL" in timed[0]["metrics"] else next(iter(timed[0]["metrics"])))
+    keys = [k for k in metric_keys(results) if k not in LOWER_IS_BETTER]
+    metric = metric or ("rougeL" if "rougeL" in keys else keys[0])
+    timed = [m for m in timed if m["metrics"].get(metric) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in timed:
         ax.scatter(m["samples_per_s"], m["metrics"][metric], s=20 + 80 * (m["params_total"] / max(

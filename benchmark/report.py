@@ -11,17 +11,23 @@ SIZE_KEYS = ("params_total", "params_trainable", "size_on_disk_mb", "peak_memory
 SPEED_KEYS = ("samples_per_s", "tokens_per_s", "latency_p50_ms", "latency_p95_ms")
 
 
+def metric_keys(results: dict) -> list[str]:
+    """Every metric any model has, in first-seen order (a metric can be missing for one model,
+    e.g. perplexity when all its predictions are empty)."""
+    return list(dict.fromkeys(k for r in results["models"] for k in r["metrics"]))
+
+
 def table_rows(results: dict) -> tuple[list[str], list[list]]:
     """Models x (metrics, their CI bounds, size, speed): shared by the CSV and the text report."""
-    metric_keys = list(results["models"][0]["metrics"])
+    metric_keys_ = metric_keys(results)
     header = ["model"]
-    for k in metric_keys:
+    for k in metric_keys_:
         header += [k, f"{k}_ci_low", f"{k}_ci_high"]
     header += [*SIZE_KEYS, *SPEED_KEYS]
     rows = []
     for r in results["models"]:
         row = [r["name"]]
-        for k in metric_keys:
+        for k in metric_keys_:
             low, high = r.get("ci", {}).get(k, (None, None))
             row += [r["metrics"].get(k), low, high]
         rows.append(row + [r.get(k) for k in SIZE_KEYS + SPEED_KEYS])
@@ -58,11 +64,12 @@ def render_text(results: dict) -> str:
 
 
 def _quality_cells(results):
-    keys = list(results["models"][0]["metrics"])
-    cells = [["model", *keys]]
-    for r in results["models"]:
-        row = [r["name"]]
-        for k in keys:
+    """One row per metric, one column per model (models are few, metrics many)."""
+    models = results["models"]
+    cells = [["metric", *(r["name"] for r in models)]]
+    for k in metric_keys(results):
+        row = [k]
+        for r in models:
             v, ci = r["metrics"].get(k), r.get("ci", {}).get(k)
             row.append(f"{fmt(v)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(v))
         cells.append(row)

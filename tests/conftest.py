@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[var] = "1"
@@ -64,3 +65,66 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared is absent ({SHARED}); it holds the real data and tokenizer files")
     return SHARED
+
+
+# --------------------------------------------------------------------------- tiny scorer models
+def _bert_tokenizer():
+    from transformers import BertTokenizerFast
+    return BertTokenizerFast.from_pretrained(str(SHARED / "tokenizers" / "bert-base-uncased"))
+
+
+def _tiny_bert_config(**kw):
+    from transformers import BertConfig
+    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    """Random 2-layer BERT encoder with the real WordPiece vocab; its tokenizer has no
+    model_max_length (1e30), which bert_score cannot truncate with under transformers 5."""
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared is absent ({SHARED}); it holds the real tokenizer files")
+    from transformers import BertModel
+    path = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    BertModel(_tiny_bert_config()).save_pretrained(path)
+    _bert_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifiers(tmp_path_factory) -> dict[str, str]:
+    """Random 2-label BERT classifiers (0 neutral, 1 toxic): 'random', 'toxic' (bias says toxic), 'neutral'."""
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared is absent ({SHARED}); it holds the real tokenizer files")
+    from transformers import BertForSequenceClassification
+    out = {}
+    for kind, bias in (("random", None), ("toxic", [-20.0, 20.0]), ("neutral", [20.0, -20.0])):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(_tiny_bert_config(
+            num_labels=2, id2label={0: "neutral", 1: "toxic"}, label2id={"neutral": 0, "toxic": 1}))
+        if bias:
+            with torch.no_grad():
+                model.classifier.bias.copy_(torch.tensor(bias))
+        path = tmp_path_factory.mktemp(f"clf_{kind}")
+        model.save_pretrained(path)
+        _bert_tokenizer().save_pretrained(path)
+        out[kind] = str(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> str:
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared is absent ({SHARED}); it holds the real tokenizer files")
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    tok = GPT2TokenizerFast.from_pretrained(str(SHARED / "tokenizers" / "gpt2"))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+

@@ -37,6 +37,16 @@ def rouge_direct(refs, pred):
     return scorer.score_multi(refs, pred)
 
 
+def test_package_keeps_the_public_api():
+    # metrics.py became the package metrics/; callers keep importing from ``metrics``.
+    for name in ("compute_metrics", "per_example_scores", "split_sentences", "sacrebleu_signatures",
+                 "bleu_tokenize", "reference_streams", "METRIC_GROUPS"):
+        assert getattr(metrics, name) is getattr(metrics.core, name), name
+    for name in ("bootstrap_ci", "paired_bootstrap", "bertscore", "style_accuracy", "fluency_perplexity",
+                 "content_preservation", "MetricResult", "MetricSkipped"):
+        assert name in metrics.__all__, name
+
+
 def test_metric_groups_and_keys():
     assert METRIC_GROUPS == ("rouge", "bleu", "sacrebleu", "chrf")
     out = compute_metrics(PREDS, [[a] for a in REFS_A])

@@ -208,3 +208,52 @@ def test_a_baseline_student_is_benchmarked_and_compared(pipeline_run, tmp_path):
     assert list(results["comparison"]) == ["student vs teacher", "baseline vs teacher", "student vs baseline"]
     same = results["comparison"]["baseline vs teacher"]  # the baseline here is the teacher itself
     assert same["compression_ratio"] == 1.0 and all(v == 100.0 for v in same["retention_pct"].values() if v)
+
+
+def test_detox_metrics_bertscore_and_intervals_in_the_reports(pipeline_run, tmp_path, tiny_bert, tiny_classifiers,
+                                                              tiny_gpt2):
+    """The detoxification recipe's metrics through the CLI, with tiny local scorer models."""
+    cfg, out = pipeline_run
+    data = json.loads(cfg.read_text())
+    data["benchmark"].update(metrics=["rouge", "sacrebleu", "bertscore", "style_accuracy", "fluency",
+                                      "content_preservation"], bertscore_model=tiny_bert, bertscore_layers=2,
+                             style_classifier=tiny_classifiers["random"], fluency_model=tiny_gpt2,
+                             bootstrap_samples=200, baselines=[])
+    path = tmp_path / "detox.json"
+    path.write_text(json.dumps(data))
+    bench = tmp_path / "bench"
+    assert main(["--mode", "benchmark", "--config", str(path), "--output_dir", str(bench),
+                 "--teacher_path", str(out / "teacher/final"), "--student_path", str(out / "student/final")]) == 0
+    results = json.loads((bench / "benchmark_results.json").read_text())
+    teacher, student = results["models"]
+    expected = {"rouge1", "sacrebleu", "bertscore_f1", "style_accuracy", "style_nontoxic_pct", "perplexity",
+                "content_preservation"}
+    assert expected <= set(teacher["metrics"])
+    # the 6-step student may say nothing at all: perplexity is then undefined, and the report says so
+    assert expected - {"perplexity"} <= set(student["metrics"])
+    assert all("empty" in n for n in results["notes"]), results["notes"]
+    for key, (low, high) in student["ci"].items():
+        assert low <= student["metrics"][key] + 1e-6 and student["metrics"][key] <= high + 1e-6, key
+    comp = results["comparison"]["student vs teacher"]
+    assert "perplexity" not in comp["retention_pct"]           # lower is better: no retention %
+    assert set(comp["paired"]) == set(student["ci"])            # every metric gets a paired test
+    assert all(-100 <= d["difference"] <= 100 and d["low"] <= d["high"] for k, d in comp["paired"].items()
+               if k != "perplexity")
+    header = next(csv.reader((bench / "comparison_table.csv").open()))
+    assert {"bertscore_f1_ci_low", "perplexity_ci_high", "style_accuracy"} <= set(header)
+
+
+def test_unavailable_scorer_models_are_skipped_with_a_note(pipeline_run, tmp_path):
+    cfg, out = pipeline_run
+    data = json.loads(cfg.read_text())
+    data["benchmark"].update(metrics=["rouge", "bertscore", "style_accuracy"], baselines=[], bootstrap_samples=0,
+                             style_classifier=str(tmp_path / "no_such_model"))
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    bench = tmp_path / "bench"
+    assert main(["--mode", "benchmark", "--config", str(path), "--output_dir", str(bench),
+                 "--student_path", str(out / "student/final")]) == 0
+    results = json.loads((bench / "benchmark_results.json").read_text())
+    assert set(results["models"][0]["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert len(results["notes"]) == 2 and all("skipped" in n for n in results["notes"])
+    assert "Notes" in (bench / "benchmark_report.txt").read_text()

@@ -1,4 +1,4 @@
-"""Text-generation quality metrics: ROUGE, BLEU (nltk), sacreBLEU and chrF.
+"""Reference-based text metrics: ROUGE, BLEU (nltk), sacreBLEU and chrF (``metrics.core``).
 
 Every score is computed by its reference library (``rouge_score``, ``nltk``,
 ``sacrebleu``); nothing here re-implements ROUGE or BLEU. This module only
