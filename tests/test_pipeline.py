@@ -74,8 +74,17 @@ def test_report_files_parse_and_agree(pipeline_run):
     assert results["decoding"]["num_beams"] == 1 and results["environment"]["precision"] == "fp32"
     rows = list(csv.DictReader((out / "comparison_table.csv").open()))
     assert [r["model"] for r in rows] == names
-    assert float(rows[1]["rougeL"]) == student["metrics"]["rougeL"]
     text = (out / "benchmark_report.txt").read_text()
+    from benchmark.report import fmt
+    for row, record in zip(rows, results["models"]):  # the three files agree on every number
+        for key, value in record["metrics"].items():
+            low, high = record["ci"][key]
+            assert float(row[key]) == value and float(row[f"{key}_ci_low"]) == low
+            assert f"{fmt(value)} [{fmt(low)}, {fmt(high)}]" in text
+        for key in ("params_total", "samples_per_s", "latency_p95_ms"):
+            assert (row[key] == "") == (record.get(key) is None)
+            if record.get(key) is not None:
+                assert float(row[key]) == record[key] and fmt(record[key]) in text
     assert "retention %" in text and "compression ratio" in text and f"{comp['compression_ratio']:.2f}x" in text
     preds = [json.loads(line) for line in (out / "predictions_student.jsonl").read_text().splitlines()]
     assert len(preds) == results["num_examples"] and {"source", "references", "prediction"} <= set(preds[0])
