@@ -274,13 +274,3 @@ def export(model, tokenizer, out_dir: Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
-
-
-def model_dtype_size(model: torch.nn.Module) -> int:
-    """Bytes of parameters and buffers in memory (tied weights once)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
