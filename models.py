@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration,
                           BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast, T5Config,
                           T5ForConditionalGeneration, T5TokenizerFast)
