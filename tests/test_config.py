@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from config import DEMO_CONFIG, Config, load_config, reference_markdown, to_dict
+from config import DEMO_CONFIG, Config, load_config, to_dict
+from config.reference import reference_markdown
 from utils import UserError
 
 
