@@ -100,6 +100,13 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if "out of memory" not in str(e):
+            raise
+        print("error: the GPU ran out of memory; lower training.<role>.batch_size (raise "
+              "gradient_accumulation_steps to keep the effective batch), eval_batch_size or benchmark.batch_size, "
+              "or use precision bf16/fp16", file=sys.stderr)
+        return 2
     except TrainingInterrupted as e:
         print(f"{e}. Resume with: {resume_command(argv)}", file=sys.stderr)
         return 128 + e.signum

@@ -184,13 +184,13 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
     run = run or start(cfg, args)
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
     attentions = "attentions" in objective.requires
+    stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
     found = resolve_model(run, "teacher", teacher_path, attentions)
     if found is None:
         raise UserError(f"distill_student needs a trained teacher: run --mode train_teacher first (it writes "
                         f"{run.output_dir / 'teacher' / 'final'}), pass --teacher_path DIR, or set teacher.init "
                         f"pretrained with a name_or_path")
     teacher, t_tok, _ = found
-    stage = prepare_stage(run, "student")
     set_seed(cfg.training.seed)
     student, s_tok = build_student(run, teacher, t_tok, attentions)
     check_positions(teacher, cfg, "teacher")
@@ -257,6 +257,7 @@ def resolve_model(run: Run, role: str, source: Path | str | None = None, attenti
 def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = None) -> dict:
     """Score and time the available models; writes the three report files into output_dir."""
     from benchmark import BenchModel, run_benchmark
+    from benchmark.core import benchmark_examples
     run = run or start(cfg, args)
     check_reports_free(run)
     models = []
@@ -272,6 +273,7 @@ def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = 
     if not models:
         raise UserError("benchmark: no model to evaluate; pass --teacher_path and/or --student_path, or run "
                         "train_teacher / distill_student into this --output_dir first")
+    benchmark_examples(run)  # an empty split is refused before anything is replaced
     for old in run.output_dir.glob("predictions_*.jsonl"):
         old.unlink()  # allowed by check_reports_free; stale files of models no longer compared go too
     record_run(run, "benchmark")

@@ -28,6 +28,8 @@ from distiller_zoo import Objective, cross_entropy_sum
 from generation import generate_texts, generation_config
 from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, log
 
+# Settings that fix which batches each step sees; a resume must keep them.
+_SCHEDULE_KEYS = ("batch_size", "gradient_accumulation_steps")  # total steps are compared separately
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
 
 
@@ -191,8 +193,10 @@ class Trainer:
         return record
 
     def _check_finite(self, loss: float) -> None:
-        """Under fp16 an overflow is expected now and then: the GradScaler skips that step and lowers
-        its scale. Anything else (or fp16 overflowing step after step) stops the run."""
+        """Under fp16 a batch whose activations overflow gives a non-finite loss now and then: that step
+        is skipped (the GradScaler sees non-finite gradients and lowers its scale; overflowing
+        gradients alone it already skips by itself). Anything else, or fp16 overflowing step after
+        step, stops the run."""
         role, step = self.job.role, self.state.step + 1
         if math.isfinite(loss):
             self._bad_steps = 0
@@ -334,6 +338,15 @@ class Trainer:
                 what = "; ".join(diffs[:4]) or " ".join(str(e).split())[:200]
                 raise UserError(f"checkpoint {path} does not fit the configured {role} ({what}); resume with the "
                                 f"config it was saved with, or start a new run") from None
+        saved = ckpt.get("config", {})
+        schedule = config_differences(
+            {k: saved.get("training", {}).get(role, {}).get(k) for k in _SCHEDULE_KEYS} | {
+                "seed": saved.get("training", {}).get("seed")},
+            {k: self.job.config.get("training", {}).get(role, {}).get(k) for k in _SCHEDULE_KEYS} | {
+                "seed": self.job.config.get("training", {}).get("seed")}, "training.")
+        if saved and schedule:
+            raise UserError(f"checkpoint {path} was saved with another data schedule ({'; '.join(schedule)}); the "
+                            f"saved data position would point at other batches: resume with the same settings")
         if ckpt["total_steps"] != self.total_steps:
             raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
                             f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")

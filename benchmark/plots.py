@@ -17,19 +17,20 @@ def write_plots(results: dict, out: Path, run_dirs: dict[str, Path]) -> list[str
     """All plots for ``results``; ``run_dirs`` maps a role to the directory of its metrics.jsonl."""
     plot_dir = out / "plots"
     plot_dir.mkdir(exist_ok=True)
-    written = [metric_bars(results, plot_dir / "metrics.png")]
-    speed = quality_vs_speed(results, plot_dir / "quality_vs_speed.png")
-    written += [speed] if speed else []
+    written = [p for p in (metric_bars(results, plot_dir / "metrics.png"),
+                           quality_vs_speed(results, plot_dir / "quality_vs_speed.png")) if p]
     for role, run_dir in run_dirs.items():
         curve = training_curves(run_dir / "metrics.jsonl", plot_dir / f"training_{role}.png", role)
         written += [curve] if curve else []
     return [str(p) for p in written]
 
 
-def metric_bars(results: dict, path: Path) -> Path:
+def metric_bars(results: dict, path: Path) -> Path | None:
     """Scores on the 0-100 scale (perplexity, unbounded and lower-is-better, is left out)."""
     models = results["models"]
     keys = [k for k in metric_keys(results) if k not in LOWER_IS_BETTER]
+    if not keys:
+        return None
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(keys) * len(models) + 2), 4))
     for i, m in enumerate(models):
@@ -51,6 +52,8 @@ def quality_vs_speed(results: dict, path: Path, metric: str | None = None) -> Pa
     if not timed:
         return None
     keys = [k for k in metric_keys(results) if k not in LOWER_IS_BETTER]
+    if not keys:
+        return None
     metric = metric or ("rougeL" if "rougeL" in keys else keys[0])
     timed = [m for m in timed if m["metrics"].get(metric) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -206,14 +206,16 @@ def test_a_baseline_student_is_benchmarked_and_compared(pipeline_run, tmp_path):
     cfg, out = pipeline_run
     data = json.loads(cfg.read_text())
     data["benchmark"]["models"] = [{"name": "baseline", "path": str(out / "teacher/final")}]
-    data["benchmark"]["baselines"] = []
+    data["benchmark"]["baselines"] = ["untrained_student"]
     path = tmp_path / "c.json"
     path.write_text(json.dumps(data))
     bench = tmp_path / "bench"
     assert main(["--mode", "benchmark", "--config", str(path), "--output_dir", str(bench),
                  "--teacher_path", str(out / "teacher/final"), "--student_path", str(out / "student/final")]) == 0
     results = json.loads((bench / "benchmark_results.json").read_text())
-    assert [m["name"] for m in results["models"]] == ["teacher", "student", "baseline"]
+    assert [m["name"] for m in results["models"]] == ["teacher", "student", "baseline", "untrained_student"]
+    by_name = {m["name"]: m for m in results["models"]}
+    assert by_name["untrained_student"]["params_total"] == by_name["student"]["params_total"]  # the student's shape
     assert list(results["comparison"]) == ["student vs teacher", "baseline vs teacher", "student vs baseline"]
     same = results["comparison"]["baseline vs teacher"]  # the baseline here is the teacher itself
     assert same["compression_ratio"] == 1.0 and all(v == 100.0 for v in same["retention_pct"].values() if v)

@@ -116,3 +116,44 @@ def test_no_validation_split_trains_and_exports_the_last_model(tiny_config_dict,
     summary = json.loads((out / "teacher/training_summary.json").read_text())
     assert summary["best_step"] is None and summary["validation"] == [] and summary["steps"] == 6
     assert (out / "student/final/model.safetensors").is_file()
+
+
+def test_benchmark_without_any_0_100_metric_still_writes_its_reports(tiny_config_dict, write_config, tmp_path):
+    """bertscore alone, offline: skipped with a note; no plot of scores, but no crash either."""
+    tiny_config_dict["benchmark"].update(metrics=["bertscore"], bootstrap_samples=0)
+    out = tmp_path / "run"
+    assert run(write_config(tiny_config_dict), out) == 0
+    results = json.loads((out / "benchmark_results.json").read_text())
+    assert results["models"][0]["metrics"] == {} and "bertscore skipped" in results["notes"][0]
+    assert not (out / "plots" / "metrics.png").exists() and (out / "benchmark_report.txt").is_file()
+
+
+def test_benchmark_refuses_an_empty_split_before_replacing_anything(tiny_config_dict, write_config, tmp_path):
+    cfg = write_config(tiny_config_dict)
+    out = tmp_path / "run"
+    assert run(cfg, out) == 0
+    before = {p: p.read_bytes() for p in out.glob("*.json*")}
+    tiny_config_dict["data"]["split_ratios"] = [0.9, 0.1, 0.0]
+    assert run(write_config(tiny_config_dict, "empty_test.json"), out, "--mode", "benchmark", "--overwrite") == 2
+    assert {p: p.read_bytes() for p in out.glob("*.json*")} == before
+
+
+def test_resume_with_another_batch_size_is_refused(tiny_config_dict, write_config, tmp_path, capsys):
+    cfg = write_config(tiny_config_dict)
+    out = tmp_path / "run"
+    assert run(cfg, out, "--mode", "train_teacher") == 0
+    ckpt = sorted((out / "checkpoints/teacher").glob("step_*.pt"))[0]
+    assert run(cfg, tmp_path / "b", "--mode", "train_teacher", "--resume_from_checkpoint", ckpt,
+               "--set", "training.teacher.batch_size=4") == 2
+    assert "another data schedule (training.batch_size: 8 -> 4)" in capsys.readouterr().err
+
+
+def test_gpu_out_of_memory_is_one_line(monkeypatch, tiny_config_dict, write_config, capsys):
+    import pipeline
+
+    def oom(cfg, args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setitem(pipeline.MODES, "train_teacher", oom)
+    assert main(["--mode", "train_teacher", "--config", str(write_config(tiny_config_dict))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the GPU ran out of memory; lower training.<role>.batch_size") and "\n" not in err
