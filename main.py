@@ -54,12 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def cli_overrides(args) -> list[str]:
-    """Flags that are shorthands for --set, applied before the explicit --set values."""
+def cli_overrides(args) -> list[tuple[str, str]]:
+    """Flags that are shorthands for --set, applied before the explicit --set values, each with the
+    flag as the user wrote it (config errors name it). An empty value is passed on, to be refused."""
     pairs = [("device", "training.device"), ("output_dir", "training.output_dir"),
              ("checkpoint_dir", "training.checkpoint_dir"), ("log_dir", "training.log_dir")]
-    flags = [f"{key}={getattr(args, attr)}" for attr, key in pairs if getattr(args, attr)]
-    return flags + list(args.overrides)
+    flags = [(f"--{attr} {shlex.quote(value)}", f"{key}={value}") for attr, key in pairs
+             if (value := getattr(args, attr)) is not None]
+    return flags + [(f"--set {text}", text) for text in args.overrides]
 
 
 def run(argv=None) -> int:
@@ -68,18 +70,28 @@ def run(argv=None) -> int:
     import json
 
     from config import load_config, to_dict
-    from pipeline import MODES
+    from pipeline import MODES, RunOptions
     sections = {k: v for k, v in (("teacher", args.teacher_config), ("student", args.student_config)) if v}
     cfg = load_config(args.config, cli_overrides(args), sections)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    MODES[args.mode](cfg, args)
+    MODES[args.mode](cfg, RunOptions(args.resume_from_checkpoint, args.overwrite, args.teacher_path,
+                                     args.student_path))
     return 0
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command line that continues an interrupted run."""
+def launcher() -> list[str]:
+    """How this process was started, up to the script (``python /path/to/main.py``, ``./main.py``,
+    ``python -X dev main.py``), so that a printed command works verbatim where it was typed."""
+    orig = getattr(sys, "orig_argv", None)
+    if sys.argv and sys.argv[0].endswith("main.py") and orig and len(orig) >= len(sys.argv):
+        return orig[:len(orig) - len(sys.argv) + 1]
+    return [sys.executable, str(Path(__file__).resolve())]  # main() called from Python
+
+
+def resume_command(argv: list[str], launched: list[str] | None = None) -> str:
+    """The command line that continues an interrupted run (``launched``: see :func:`launcher`)."""
     keep, skip = [], False
     for arg in argv:
         if skip:
@@ -88,7 +100,7 @@ def resume_command(argv: list[str]) -> str:
             skip = True
         elif arg != "--overwrite" and not arg.startswith("--resume_from_checkpoint="):
             keep.append(arg)
-    return shlex.join(["python", "main.py", *keep, "--resume_from_checkpoint", "auto"])
+    return shlex.join([*(launched or ["python", "main.py"]), *keep, "--resume_from_checkpoint", "auto"])
 
 
 def main(argv=None) -> int:
@@ -108,7 +120,7 @@ def main(argv=None) -> int:
               "or use precision bf16/fp16", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"{e}. Resume with: {resume_command(argv)}", file=sys.stderr)
+        print(f"{e}. Resume with: {resume_command(argv, launcher())}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted (no checkpoint written since the last one)", file=sys.stderr)

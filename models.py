@@ -18,7 +18,7 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, Bart
                           T5ForConditionalGeneration, T5TokenizerFast)
 
 from config import ArchConfig, ModelConfig, TokenizerConfig, TokenizerTrainConfig
-from utils import UserError, hub_offline, hub_reachable, log
+from utils import UserError, one_line, hub_offline, hub_reachable, log
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3 in trained tokenizers
 
@@ -46,10 +46,11 @@ def from_hub(loader, name: str, what: str, **kwargs):
 
 def load_local(loader, path, what: str, **kwargs):
     """``loader(path)`` with transformers' errors for a broken or foreign directory as one line."""
+    from safetensors import SafetensorError
     try:
         return loader(str(path), **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        first = " ".join(str(e).split())[:200] or type(e).__name__
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: truncated or corrupt weights
+        first = one_line(e)
         raise UserError(f"{what} {path}: cannot load a seq2seq model or tokenizer from it ({first}); give a "
                         f"directory written by save_pretrained for a T5/BART-style model") from None
 
@@ -268,8 +269,14 @@ def export(model, tokenizer, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except OSError as e:  # e.g. the disk is full: the checkpoints are complete, only the export is missing
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot export the model to {out_dir} ({e.strerror or one_line(e)}); free some space "
+                        f"(or fix the directory), then rerun with --resume_from_checkpoint auto: training is "
+                        f"complete and only the export is repeated") from None
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir

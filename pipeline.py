@@ -9,10 +9,15 @@ Run directory layout (``training.output_dir``)::
     student/final/  student/metrics.jsonl
     checkpoints/teacher/ checkpoints/student/   step_*.pt, best.pt
     benchmark_results.json  comparison_table.csv  benchmark_report.txt  predictions_<model>.jsonl
+
+``--overwrite`` never deletes an earlier result before its replacement is complete: a stage that
+would replace one trains into ``<role>.new`` beside it (``teacher.new/``,
+``checkpoints/teacher.new/``) and is renamed into place once it exported its model.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +25,7 @@ from pathlib import Path
 import torch
 
 from config import Config, save_config, to_dict
+from config.schema import check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
@@ -29,17 +35,28 @@ from utils import (UserError, attach_log_file, ensure_writable_dir, log, resolve
                    setup_logging)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run is asked to do beyond its config (the command-line flags that are not config values)."""
+
+    resume: str | None = None        # a checkpoint file, or "auto": the newest of the stage's checkpoints
+    overwrite: bool = False          # replace an earlier run's results (only once the new ones are complete)
+    teacher_path: str | None = None  # a trained teacher directory to distill from or benchmark
+    student_path: str | None = None  # a trained student directory to benchmark
+
+
 @dataclass
 class Run:
     """Per-process context shared by the stages of one invocation."""
 
     cfg: Config
-    args: object
+    opts: RunOptions
     output_dir: Path
     checkpoint_dir: Path
     device: torch.device
     precision: object
     log_file: Path
+    defer_replace: bool = False  # full_pipeline replaces both models only once both are trained
     _splits: Splits | None = field(default=None, repr=False)
 
     @property
@@ -58,7 +75,7 @@ class Run:
         return Seq2SeqCollator(tokenizer, d.prefix, d.max_source_length, d.max_target_length)
 
 
-def start(cfg: Config, args) -> Run:
+def start(cfg: Config, opts: RunOptions) -> Run:
     """Resolve directories, device and precision; set up logging."""
     t = cfg.training
     out = ensure_writable_dir(t.output_dir, "output_dir")
@@ -70,7 +87,7 @@ def start(cfg: Config, args) -> Run:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     _quiet_transformers()
-    return Run(cfg, args, out, ckpt, device, precision, logs / "run.log")
+    return Run(cfg, opts, out, ckpt, device, precision, logs / "run.log")
 
 
 def _quiet_transformers():
@@ -80,50 +97,94 @@ def _quiet_transformers():
 
 
 # --------------------------------------------------------------------------- stage helpers
+NEW = ".new"  # suffix of the directories a stage that replaces an earlier result trains into
+
+
 @dataclass
 class Stage:
     """A training stage's directories and the checkpoint it resumes from (if any)."""
 
     role: str
-    run_dir: Path
+    run_dir: Path         # where this stage writes: <output_dir>/<role>, or <role>.new when it replaces one
     checkpoint_dir: Path
     resume: Path | None
+    replaces: bool = False
+
+
+def stage_dirs(run: Run, role: str, new: bool = False) -> tuple[Path, Path]:
+    run_dir, ckpt_dir = run.output_dir / role, run.checkpoint_dir / role
+    return (_new(run_dir), _new(ckpt_dir)) if new else (run_dir, ckpt_dir)
+
+
+def _new(path: Path) -> Path:
+    return path.with_name(path.name + NEW)
 
 
 def prepare_stage(run: Run, role: str) -> Stage:
-    """Find the checkpoint to resume and refuse to touch earlier results; writes nothing."""
-    run_dir, ckpt_dir = run.output_dir / role, run.checkpoint_dir / role
-    resume = run.args.resume_from_checkpoint
+    """Find the checkpoint to resume and refuse to touch earlier results; writes nothing (apart from
+    finishing a replacement that was interrupted after its new model was complete)."""
+    resume = run.opts.resume
+    if resume == "auto" and (stage_dirs(run, role, new=True)[0] / "final").is_dir():
+        replace_stage(run, role)
+    run_dir, ckpt_dir = stage_dirs(run, role)
+    new_run, new_ckpt = stage_dirs(run, role, new=True)
     if resume and resume != "auto":
         resume_path = Path(resume)
         if not resume_path.is_file():
             raise UserError(f"--resume_from_checkpoint {resume}: no such checkpoint file (use a step_*.pt file "
                             f"from {ckpt_dir} or 'auto')")
-    else:
+        replaces = resume_path.resolve().parent == new_ckpt.resolve()
+    else:  # an interrupted --overwrite run of this stage is what 'auto' continues
+        replaces = resume == "auto" and any(new_ckpt.glob("step_*.pt")) or (
+            resume is None and run.opts.overwrite and _has_results(run_dir, ckpt_dir))
+        if replaces:
+            run_dir, ckpt_dir = new_run, new_ckpt
         resume_path = latest_checkpoint(ckpt_dir) if resume == "auto" else None
     if resume == "auto" and resume_path is None and any(ckpt_dir.glob("step_*.pt")):
         raise UserError(f"--resume_from_checkpoint auto: every checkpoint in {ckpt_dir} is truncated or corrupt; "
                         f"pass an older one explicitly, or --overwrite to start this stage over")
-    if resume_path is None and not run.args.overwrite and _has_results(run_dir, ckpt_dir):
+    if resume_path is None and not run.opts.overwrite and _has_results(run_dir, ckpt_dir):
         raise UserError(f"{run_dir} already holds a {role} run; pass --resume_from_checkpoint auto to continue it, "
                         f"--overwrite to replace it, or another --output_dir")
-    return Stage(role, run_dir, ckpt_dir, resume_path)
+    if replaces:
+        run_dir, ckpt_dir = new_run, new_ckpt
+    return Stage(role, run_dir, ckpt_dir, resume_path, replaces)
 
 
 def commit_stage(run: Run, stage: Stage) -> None:
-    """Every check passed: now clear what --overwrite replaces, create the directories, start the
-    log file and record the resolved config. Nothing earlier is touched before this point."""
-    if stage.resume is None and run.args.overwrite:
+    """Every check passed: now clear what a fresh start replaces (its own earlier attempt; never a
+    complete result), create the directories, start the log file and record the resolved config."""
+    if stage.resume is None and run.opts.overwrite:
         shutil.rmtree(stage.run_dir, ignore_errors=True)
         shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
     stage.run_dir.mkdir(parents=True, exist_ok=True)
     stage.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    record_run(run, f"{stage.role} stage")
+    # a replacing stage records its config once its result replaced the earlier one
+    record_run(run, f"{stage.role} stage" + (f" (replacing the earlier one once complete, in {stage.run_dir})"
+                                             if stage.replaces else ""), save=not stage.replaces)
 
 
-def record_run(run: Run, what: str) -> None:
-    attach_log_file(run.log_file)
+def replace_stage(run: Run, role: str) -> Path:
+    """Swap a complete ``<role>.new`` stage into place (checkpoints, then the model directory);
+    returns the final model's directory. Rerun after an interruption, it completes the swap."""
+    for cur in reversed(stage_dirs(run, role)):
+        new = _new(cur)
+        if new.exists():
+            old = cur.with_name(cur.name + ".old")
+            if cur.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(cur, old)
+            os.replace(new, cur)
+            shutil.rmtree(old, ignore_errors=True)
     save_config(run.cfg, run.output_dir / "config.resolved.json")
+    log.info("%s: the new run replaced the earlier one in %s", role, run.output_dir / role)
+    return run.output_dir / role / "final"
+
+
+def record_run(run: Run, what: str, save: bool = True) -> None:
+    attach_log_file(run.log_file)
+    if save:
+        save_config(run.cfg, run.output_dir / "config.resolved.json")
     log.info("%s in %s (device %s, precision %s); resolved config: %s", what, run.output_dir.resolve(), run.device,
              run.precision.name, json.dumps(to_dict(run.cfg), separators=(",", ":")))
 
@@ -133,15 +194,13 @@ def _has_results(run_dir: Path, ckpt_dir: Path) -> bool:
 
 
 def check_positions(model, cfg: Config, role: str) -> None:
-    """Learned position tables (BART) cannot index past their size: refuse lengths that do not fit."""
+    """A loaded model's position table must hold the configured lengths (see config.schema.check_positions)."""
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is None:  # T5: relative positions, any length
-        return
-    for key, n in (("data.max_source_length", cfg.data.max_source_length),
-                   ("data.max_target_length", cfg.data.max_target_length),
-                   ("benchmark.max_new_tokens", cfg.benchmark.max_new_tokens + 1)):
-        if n > limit:
-            raise UserError(f"{key} ({n}) exceeds the {role} model's {limit} positions; lower {key}")
+    if limit is not None:  # T5: relative positions, any length
+        try:
+            check_lengths(cfg, limit, f"the {role} model", "lower")
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
@@ -157,9 +216,9 @@ def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
 
 
 # --------------------------------------------------------------------------- modes
-def train_teacher(cfg: Config, args, run: Run | None = None) -> Path:
+def train_teacher(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None) -> Path:
     """Train the teacher with cross-entropy; returns <output_dir>/teacher/final."""
-    run = run or start(cfg, args)
+    run = run or start(cfg, opts)
     stage = prepare_stage(run, "teacher")
     set_seed(cfg.training.seed)
     tok = load_tokenizer(cfg.teacher.tokenizer, cfg.teacher.name_or_path,
@@ -170,18 +229,22 @@ def train_teacher(cfg: Config, args, run: Run | None = None) -> Path:
 
 
 def run_stage(run: Run, stage: Stage, trainer: Trainer) -> Path:
-    """Load the checkpoint (a mismatch is refused before anything is written), then train."""
+    """Load the checkpoint (a mismatch is refused before anything is written), train, and put a
+    replacing stage's result in place (full_pipeline does that once both models are trained)."""
     if stage.resume is not None:
         trainer.load_checkpoint(stage.resume)
     commit_stage(run, stage)
     final = trainer.train()
     log.info("%s exported to %s", stage.role, final)
+    if stage.replaces and not run.defer_replace:
+        final = replace_stage(run, stage.role)
     return final
 
 
-def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Path | str | None = None) -> Path:
+def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None,
+                    teacher_path: Path | str | None = None) -> Path:
     """Distill the student from a trained teacher; returns <output_dir>/student/final."""
-    run = run or start(cfg, args)
+    run = run or start(cfg, opts)
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
     attentions = "attentions" in objective.requires
     stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
@@ -240,7 +303,7 @@ def resolve_model(run: Run, role: str, source: Path | str | None = None, attenti
     --teacher_path / --student_path flag, this run's ``<role>/final``, then ``<role>.name_or_path``
     when ``<role>.init`` is pretrained."""
     if source is None:
-        source = getattr(run.args, f"{role}_path", None)
+        source = {"teacher": run.opts.teacher_path, "student": run.opts.student_path}[role]
     if source is None and (run.output_dir / role / "final").is_dir():
         source = run.output_dir / role / "final"
     if source is not None and source != PRETRAINED:
@@ -254,11 +317,12 @@ def resolve_model(run: Run, role: str, source: Path | str | None = None, attenti
     return build_model(mcfg, tok, attentions), tok, None
 
 
-def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = None) -> dict:
+def benchmark(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None,
+              sources: dict | None = None) -> dict:
     """Score and time the available models; writes the three report files into output_dir."""
     from benchmark import BenchModel, run_benchmark
     from benchmark.core import benchmark_examples
-    run = run or start(cfg, args)
+    run = run or start(cfg, opts)
     check_reports_free(run)
     models = []
     for role in ("teacher", "student"):
@@ -274,16 +338,18 @@ def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = 
         raise UserError("benchmark: no model to evaluate; pass --teacher_path and/or --student_path, or run "
                         "train_teacher / distill_student into this --output_dir first")
     benchmark_examples(run)  # an empty split is refused before anything is replaced
-    for old in run.output_dir.glob("predictions_*.jsonl"):
-        old.unlink()  # allowed by check_reports_free; stale files of models no longer compared go too
+    earlier = {p: p.stat().st_mtime_ns for p in run.output_dir.glob("predictions_*.jsonl")}
     record_run(run, "benchmark")
-    return run_benchmark(models, run)
+    results = run_benchmark(models, run)
+    for old, mtime in earlier.items():  # predictions of models no longer compared go, once the new ones exist
+        if old.exists() and old.stat().st_mtime_ns == mtime:
+            old.unlink()
+    return results
 
 
 def check_reports_free(run: Run) -> None:
     """Earlier benchmark reports are replaced only on request (--overwrite, or resuming a pipeline)."""
-    if (run.output_dir / "benchmark_results.json").exists() and not (
-            run.args.overwrite or run.args.resume_from_checkpoint == "auto"):
+    if (run.output_dir / "benchmark_results.json").exists() and not (run.opts.overwrite or run.opts.resume == "auto"):
         raise UserError(f"{run.output_dir} already holds benchmark reports; pass --overwrite to replace them "
                         f"or choose another --output_dir")
 
@@ -297,24 +363,42 @@ def preflight(run: Run) -> None:
         raise UserError(f"benchmark.split {split!r} is empty; adjust data.split_ratios or give data.{split}_file")
 
 
-def full_pipeline(cfg: Config, args) -> dict:
+def full_pipeline(cfg: Config, opts: RunOptions = RunOptions()) -> dict:
     """train_teacher -> distill_student -> benchmark in one run directory.
 
-    With --resume_from_checkpoint auto, a stage whose final model already exists is skipped."""
-    run = start(cfg, args)
-    auto = args.resume_from_checkpoint == "auto"
-    if args.resume_from_checkpoint not in (None, "auto"):
+    With --resume_from_checkpoint auto, a stage whose final model already exists is skipped. With
+    --overwrite, the new teacher and student replace the earlier ones once both are trained."""
+    run = start(cfg, opts)
+    if opts.resume not in (None, "auto"):
         raise UserError("full_pipeline resumes with --resume_from_checkpoint auto (it finds each stage's checkpoint)")
     preflight(run)
-    done = {role: run.output_dir / role / "final" for role in ("teacher", "student")}
-    if args.teacher_path:
-        teacher = Path(args.teacher_path)
+    run.defer_replace = True
+    if opts.teacher_path:
+        teacher = Path(opts.teacher_path)
     elif not cfg.training.train_teacher:
         teacher = PRETRAINED  # an already fine-tuned teacher, used as it is
     else:
-        teacher = done["teacher"] if auto and done["teacher"].is_dir() else train_teacher(cfg, args, run)
-    student = done["student"] if auto and done["student"].is_dir() else distill_student(cfg, args, run, teacher)
-    return benchmark(cfg, args, run, {"teacher": teacher, "student": student})
+        teacher = finished_model(run, "teacher") or train_teacher(cfg, opts, run)
+    student = finished_model(run, "student") or distill_student(cfg, opts, run, teacher)
+    for role in ("teacher", "student"):
+        if (stage_dirs(run, role, new=True)[0] / "final").is_dir():
+            final = replace_stage(run, role)
+            teacher, student = (final, student) if role == "teacher" else (teacher, final)
+    return benchmark(cfg, opts, run, {"teacher": teacher, "student": student})
+
+
+def finished_model(run: Run, role: str) -> Path | None:
+    """With --resume_from_checkpoint auto: the stage's exported model, when it has one to continue
+    from (a replacing stage's new one first; None while a replacing stage is unfinished)."""
+    if run.opts.resume != "auto":
+        return None
+    new_run, new_ckpt = stage_dirs(run, role, new=True)
+    if (new_run / "final").is_dir():
+        return new_run / "final"
+    if any(new_ckpt.glob("step_*.pt")):
+        return None
+    final = run.output_dir / role / "final"
+    return final if final.is_dir() else None
 
 
 MODES = {

@@ -20,16 +20,22 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
-from checkpoints import (config_differences, load_checkpoint_file, rng_state, save_checkpoint_file,
-                         set_rng_state)
+from checkpoints import (config_differences, latest_checkpoint, load_checkpoint_file, rng_state,
+                         save_checkpoint_file, set_rng_state)
 from config import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator
 from distiller_zoo import Objective, cross_entropy_sum
 from generation import generate_texts, generation_config
-from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, log
+from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, atomic_write_text, log, one_line
 
 # Settings that fix which batches each step sees; a resume must keep them.
 _SCHEDULE_KEYS = ("batch_size", "gradient_accumulation_steps")  # total steps are compared separately
+# What a resume may change, from the next step on: the peak learning rate and the weight decay
+# (written into the restored optimizer and schedule), clipping and the eval/log/save cadence (read at
+# every step). Everything else that shapes the run must match the checkpoint (see _resume_changes).
+RESUME_MAY_CHANGE = ("learning_rate", "weight_decay", "max_grad_norm", "eval_every", "eval_batch_size",
+                     "eval_generate_samples", "log_every", "save_total_limit")
+CHECKPOINT_KEYS = ("weights", "optimizer", "scheduler", "scaler", "rng", "state", "role", "total_steps", "config")
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
 
 
@@ -43,11 +49,12 @@ class TrainState:
     best_metric: float | None = None
     best_step: int | None = None
     history: list = field(default_factory=list)  # validation results
+    resumes: list = field(default_factory=list)  # {"step", "checkpoint", "changed"} per resume
 
 
 @dataclass
 class TrainJob:
-    """Everything a run needs besides the model; built by main.py."""
+    """Everything a training stage needs besides the model (pipeline.make_job builds it from the config)."""
 
     role: str                       # "teacher" or "student"
     optim: OptimConfig
@@ -113,12 +120,14 @@ class Trainer:
         return [[self.job.train_pairs[i] for i in perm[m * bs:(m + 1) * bs]] for m in range(first, last)]
 
     # ------------------------------------------------------------------ loop
-    def train(self, resume: Path | None = None) -> Path:
-        """Train to ``total_steps`` (from ``resume``, or wherever load_checkpoint left the state);
-        returns the exported final model directory."""
+    def train(self) -> Path:
+        """Train to ``total_steps`` (from wherever load_checkpoint left the state); returns the
+        exported final model directory."""
         job = self.job
-        if resume is not None:
-            self.load_checkpoint(resume)
+        if self.state.resumes:  # logged here: the run's log file is attached by now
+            r = self.state.resumes[-1]
+            log.info("%s: resumed from %s at step %d (epoch %d)%s", job.role, r["checkpoint"], r["step"],
+                     self.state.epoch, "; changed: " + "; ".join(r["changed"]) if r["changed"] else "")
         _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps a resume will redo
         log.info("%s: %d training pairs, %d validation examples, %d optimizer steps (%d per epoch), "
                  "batch %d x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
@@ -206,8 +215,23 @@ class Trainer:
             log.warning("%s step %d: fp16 overflow (loss %s); the GradScaler skips this step", role, step, loss)
             return
         self.optimizer.zero_grad(set_to_none=True)
-        raise UserError(f"{role}: the loss became {loss} at step {step}; lower training.{role}.learning_rate, "
-                        f"or use precision bf16 (or fp32) instead of fp16")
+        fp16 = ", or use precision bf16 (or fp32) instead of fp16" if self.scaler.is_enabled() else ""
+        self._stop_not_finite(f"the loss became {loss} at step {step}", fp16)
+
+    def _stop_not_finite(self, what: str, hint: str = ""):
+        """Stop a run whose loss or weights are no longer finite. Nothing of it is saved; the message
+        points at the last checkpoint saved, which passed these checks."""
+        role = self.job.role
+        good = latest_checkpoint(self.job.checkpoint_dir)
+        if good is not None:
+            then = (f"then resume from the last good checkpoint: --resume_from_checkpoint {good} "
+                    f"--set training.{role}.learning_rate=<lower>")
+        else:
+            then = "then start the stage over (no good checkpoint was saved yet)"
+        raise UserError(f"{role}: {what}; lower training.{role}.learning_rate{hint}, {then}")
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for m in self.trainable_modules().values() for p in m.parameters())
 
     def loss_sums(self, batch: dict):
         """(weighted total, {term: sum}) for one micro-batch, summed over target tokens."""
@@ -253,6 +277,10 @@ class Trainer:
         job = self.job
         self.model.eval()
         result = {"loss": self._validation_loss()}
+        bad = [k for k, v in result.items() if not math.isfinite(v)]
+        if bad or not self._weights_finite():
+            self._stop_not_finite(f"at step {self.state.step} the " + (
+                f"validation {bad[0]} is {result[bad[0]]}" if bad else "weights are no longer finite"))
         if self.metric_for_best != "loss":
             result.update(self._generation_metrics())
         self.model.train()
@@ -291,6 +319,8 @@ class Trainer:
     def _track_best(self, result: dict) -> None:
         s, value = self.state, result[self.metric_for_best]
         s.history.append({"step": s.step, **result})
+        if not math.isfinite(value):  # never the best (validate stops on a non-finite loss before this)
+            return
         better = s.best_metric is None or (value > s.best_metric if self.greater_is_better else value < s.best_metric)
         if better:
             s.best_metric, s.best_step = value, s.step
@@ -304,6 +334,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Everything needed to continue exactly; written atomically; keeps the newest N."""
         job, s = self.job, self.state
+        if not self._weights_finite():
+            self._stop_not_finite(f"at step {s.step} the weights are no longer finite")
         payload = {
             "weights": {name: m.state_dict() for name, m in self.trainable_modules().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -323,22 +355,27 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore everything from ``path``; refuses a checkpoint of another role, model, data schedule
+        or format, and any change a resume cannot apply (RESUME_MAY_CHANGE lists those it applies)."""
         ckpt = load_checkpoint_file(path)
         role = self.job.role
         if ckpt.get("role") != role:
             raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {role} one; "
                             f"pass the {role}'s checkpoint or 'auto'")
+        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+        if missing:
+            raise UserError(f"checkpoint {path} was written by another version of this tool (no {', '.join(missing)}); "
+                            f"resume it with that version, or start the stage over with --overwrite")
+        saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
         for name, module in self.trainable_modules().items():
             try:
                 module.load_state_dict(ckpt["weights"][name])
             except (KeyError, RuntimeError) as e:
-                saved = ckpt.get("config", {})
                 diffs = config_differences(saved.get(role, {}), self.job.config.get(role, {}), f"{role}.") + \
                     config_differences(saved.get("distill", {}), self.job.config.get("distill", {}), "distill.")
-                what = "; ".join(diffs[:4]) or " ".join(str(e).split())[:200]
+                what = "; ".join(diffs[:4]) or one_line(e)
                 raise UserError(f"checkpoint {path} does not fit the configured {role} ({what}); resume with the "
                                 f"config it was saved with, or start a new run") from None
-        saved = ckpt.get("config", {})
         schedule = config_differences(
             {k: saved.get("training", {}).get(role, {}).get(k) for k in _SCHEDULE_KEYS} | {
                 "seed": saved.get("training", {}).get("seed")},
@@ -350,13 +387,55 @@ class Trainer:
         if ckpt["total_steps"] != self.total_steps:
             raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
                             f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler.is_enabled() and ckpt["scaler"]:
-            self.scaler.load_state_dict(ckpt["scaler"])  # a fp32/bf16 checkpoint has no scale to restore
-        set_rng_state(ckpt["rng"])
-        self.state = TrainState(**ckpt["state"])
-        log.info("%s: resumed from %s at step %d (epoch %d)", self.job.role, path, self.state.step, self.state.epoch)
+        refused, changed = self._resume_changes(saved)
+        if refused:
+            raise UserError(f"checkpoint {path}: a resume cannot change {'; '.join(refused[:4])}; resume with the "
+                            f"checkpoint's values (a resume may change training.{role}.{{{', '.join(RESUME_MAY_CHANGE)}}}) "
+                            f"or start the stage over with --overwrite")
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.scaler.is_enabled() and ckpt["scaler"]:
+                self.scaler.load_state_dict(ckpt["scaler"])  # a fp32/bf16 checkpoint has no scale to restore
+            set_rng_state(ckpt["rng"])
+            self.state = TrainState(**ckpt["state"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise UserError(f"checkpoint {path} does not match this version's format ({one_line(e, 120)}); resume "
+                            f"it with the version that wrote it, or start the stage over with --overwrite") from None
+        if changed:
+            self._apply_resume_changes()
+        self.state.resumes.append({"step": self.state.step, "checkpoint": str(path), "changed": changed})
+
+    def _resume_changes(self, saved: dict) -> tuple[list[str], list[str]]:
+        """(refused, allowed) differences between the checkpoint's config and this one, as 'key: a -> b'.
+        Compared: this role's optimisation, seed and precision, the model's architecture, the data
+        (file paths aside: files may move) and, for the student, the objective."""
+        role = self.job.role
+
+        def shaping(cfg: dict) -> dict:
+            t, m = cfg.get("training", {}), cfg.get(role, {})
+            out = {"training": {role: t.get(role, {}), "seed": t.get("seed"), "precision": t.get("precision")},
+                   role: {"init": m.get("init"), "arch": m.get("arch"),
+                          "tokenizer": {"train": (m.get("tokenizer") or {}).get("train")}},
+                   "data": {k: v for k, v in cfg.get("data", {}).items() if not k.endswith("_file")}}
+            if role == "student":
+                out["distill"] = cfg.get("distill", {})
+            return out
+        diffs = config_differences(shaping(saved), shaping(self.job.config))
+        allowed = tuple(f"training.{role}.{k}:" for k in RESUME_MAY_CHANGE)
+        return [d for d in diffs if not d.startswith(allowed)], [d for d in diffs if d.startswith(allowed)]
+
+    def _apply_resume_changes(self) -> None:
+        """Write the configured peak learning rate and weight decay into the restored optimizer and
+        schedule: the schedule continues from its step with the new peak."""
+        o, sched = self.job.optim, self.scheduler
+        groups = self.optimizer.param_groups
+        groups[0]["weight_decay"] = o.weight_decay  # group 0: matrices (see _param_groups)
+        sched.base_lrs = [o.learning_rate] * len(groups)
+        for group, factor in zip(groups, sched.lr_lambdas):
+            group["initial_lr"] = o.learning_rate
+            group["lr"] = o.learning_rate * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in groups]
 
     def finish(self) -> Path:
         """Load the best weights (if validated) and export model + tokenizer to <run_dir>/final."""
@@ -369,8 +448,8 @@ class Trainer:
         final = export(self.model, self.tokenizer, self.job.run_dir / "final")
         summary = {"role": self.job.role, "steps": self.state.step, "best_step": self.state.best_step,
                    "metric_for_best": self.metric_for_best, "best_metric": self.state.best_metric,
-                   "validation": self.state.history}
-        (self.job.run_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                   "validation": self.state.history, "resumes": self.state.resumes}
+        atomic_write_text(self.job.run_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
         return final
 
 

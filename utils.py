@@ -25,6 +25,11 @@ class UserError(Exception):
     The message names the problem and the fix."""
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message as one bounded line (library messages span lines), for a UserError."""
+    return " ".join(str(e).split())[:limit] or type(e).__name__
+
+
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM arrived; the current step finished and a checkpoint was saved."""
 

@@ -1,7 +1,7 @@
 """Configuration: the schema (:mod:`config.schema`), loading with one-line errors
 (:mod:`config.loading`) and the README's generated reference (:mod:`config.reference`, run as
 ``python -m config.reference``; not imported here so that running it stays clean)."""
-from config.loading import (config_from_dict, from_dict, load_config, merge, parse_override, read_config_file,
+from config.loading import (check_tree, from_dict, load_config, merge, parse_override, read_config_file,
                             save_config, to_dict)
 from config.schema import (BEST_METRICS, CONFIG_DIR, DEMO_CONFIG, MODEL_METRICS, TEXT_METRICS, ArchConfig,
                            BenchmarkConfig, Config, DataConfig, DistillConfig, ExtraModel, LossSpec, ModelConfig,
@@ -9,6 +9,6 @@ from config.schema import (BEST_METRICS, CONFIG_DIR, DEMO_CONFIG, MODEL_METRICS,
 
 __all__ = ["BEST_METRICS", "CONFIG_DIR", "DEMO_CONFIG", "MODEL_METRICS", "TEXT_METRICS", "ArchConfig", "BenchmarkConfig",
            "Config", "DataConfig", "DistillConfig", "ExtraModel", "LossSpec", "ModelConfig", "OptimConfig",
-           "SyntheticConfig", "TokenizerConfig", "TokenizerTrainConfig", "TrainingConfig", "config_from_dict", "doc",
+           "SyntheticConfig", "TokenizerConfig", "TokenizerTrainConfig", "TrainingConfig", "check_tree", "doc",
            "from_dict", "load_config", "merge", "parse_override", "read_config_file", "save_config",
            "to_dict"]

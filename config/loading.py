@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any, Union
 import yaml
 
 from config.schema import DEMO_CONFIG, Config, LossSpec
-from utils import UserError
+from utils import UserError, atomic_write_text, one_line
 
 def read_config_file(path: str | Path) -> dict:
     """Read a JSON or YAML file into a dict, with one-line errors."""
@@ -33,6 +36,9 @@ def read_config_file(path: str | Path) -> dict:
                         f"save the config as UTF-8") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise UserError(f"{path}: {len(text):,} characters is not a config (limit {MAX_CONFIG_CHARS:,}); "
+                        f"give --config the config file, not a data file")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as e:
@@ -41,20 +47,55 @@ def read_config_file(path: str | Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a config; a config is at most {MAX_DEPTH} levels "
+                        f"deep") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise UserError(f"{path}: {one_line(e)}; write a number of sensible size") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    check_tree(data, str(path))
     return data
+
+
+MAX_CONFIG_CHARS = 1_000_000
+MAX_DEPTH = 20           # a config is 4 levels deep; loss options add a few
+MAX_VALUES = 100_000     # values after YAML aliases are expanded (each alias counts as a copy)
+
+
+def check_tree(data, source: str) -> None:
+    """Refuse a value tree no config can be: deeper than MAX_DEPTH, or more than MAX_VALUES values
+    once YAML aliases are expanded (a "billion laughs" file is a few lines that expand to 10^9)."""
+    count = 0
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise UserError(f"{source}: more than {MAX_VALUES:,} values (YAML aliases expanded); a config is a few "
+                            f"hundred: check for aliases (*name) that repeat large parts")
+        if depth > MAX_DEPTH:
+            raise UserError(f"{source}: nested more than {MAX_DEPTH} levels deep; a config has sections of keys")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple, set)):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def from_dict(cls, data: dict, where: str = ""):
     """Build dataclass ``cls`` from ``data``; errors name the dotted key."""
     if not isinstance(data, dict):
-        raise _KeyError(where, f"expected a mapping, got {type(data).__name__} {data!r}")
+        raise _KeyError(where, f"expected a mapping, got {type(data).__name__} {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     data = dict(data)
+    for key in data:
+        if not isinstance(key, str):
+            hint = " (YAML reads yes/no/on/off/y/n as booleans)" if isinstance(key, bool) else ""
+            raise _KeyError(_join(where, short_repr(key)), f"keys must be strings, got {type(key).__name__}{hint}; "
+                                                           f"write the key as quoted text")
     if cls is LossSpec:  # loss options may sit beside name/weight
         params = dict(data.pop("params", {}) or {})
         params.update({k: data.pop(k) for k in list(data) if k not in names})
@@ -104,25 +145,56 @@ def _convert(tp, value, where):
         return from_dict(tp, value if value is not None else {}, where)
     if origin is list:
         if not isinstance(value, list):
-            raise _KeyError(where, f"expected a list, got {type(value).__name__} {value!r}")
+            raise _KeyError(where, f"expected a list, got {type(value).__name__} {short_repr(value)}")
         (item,) = typing.get_args(tp)
         return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise _KeyError(where, f"expected a mapping, got {type(value).__name__}")
         return dict(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads 5e-5 (no dot) as a string; accept what is plainly a number
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        return _float(value, where)
+    if tp is int and type(value) is int and abs(value) > MAX_INT:
+        raise _KeyError(where, f"{value:.3g} is beyond any sensible setting (|value| <= {MAX_INT:.3g})")
     if tp in (int, str, bool) and type(value) is tp:
         return value
     if tp is Any:
         return value
-    raise _KeyError(where, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise _KeyError(where, f"expected {_type_name(tp)}, got {type(value).__name__} {short_repr(value)}")
+
+
+MAX_INT = 2**63 - 1  # fields with a tighter sensible range check it in the schema
+
+
+def _float(value, where) -> float:
+    """Every float of the schema is finite: NaN passes every range check (nan < lo is False) and
+    poisons a run later, so it stops here. YAML 1.1 reads 5e-5 (no dot) as a string: a string
+    that is plainly a number is accepted."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the float range
+            number = float("inf")
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise _KeyError(where, f"expected float, got {type(value).__name__} {short_repr(value)}")
+    if not math.isfinite(number):
+        raise _KeyError(where, f"must be a finite number, got {short_repr(value)}")
+    return number
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr() for messages, bounded: a hostile value (a huge nested alias) must not hang the error."""
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxdict = r.maxset = r.maxtuple = 4
+    r.maxlevel = 2
+    return r.repr(value)
 
 
 def _type_name(tp):
@@ -143,10 +215,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set training.seed=1")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = raw
     if isinstance(value, dict) and not raw.lstrip().startswith("{"):
         value = raw  # 'detoxify: ' is a prefix string, not a one-key mapping
+    check_tree(value, f"--set {short_repr(text)}")
     return key.strip().split("."), value
 
 
@@ -158,35 +231,59 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (),
+Override = Union[str, tuple[str, str]]  # "key=value", or (how the user wrote it, "key=value")
+
+
+def load_config(path: str | Path | None, overrides: list[Override] = (),
                 sections: dict[str, str | Path] | None = None) -> Config:
     """Load ``path`` (or the embedded demo), merge per-section files and ``--set`` overrides.
 
     ``sections`` maps a section name ('teacher', 'student') to a file holding that section
-    (either the bare section or a mapping with that one key)."""
+    (either the bare section or a mapping with that one key). An override may come with the
+    label the user wrote it as (e.g. ``--output_dir X``): errors name that."""
     path = Path(path) if path else DEMO_CONFIG
     raw = read_config_file(path)
-    origin = {k: str(path) for k in raw}
+    layers = [(str(path), raw)]  # (source, what it set), to blame the right one in an error
     for name, file in (sections or {}).items():
         part = read_config_file(file)
         part = part[name] if set(part) == {name} else part
         raw = merge(raw, {name: part})
-        origin[name] = str(file)
-    for text in overrides:
+        layers.append((str(file), {name: part}))
+    for item in overrides:
+        label, text = item if isinstance(item, tuple) else (f"--set {item}", item)
         keys, value = parse_override(text)
         nested = value
         for k in reversed(keys):
             nested = {k: nested}
         raw = merge(raw, nested)
-        origin[keys[0]] = f"--set {text}"
+        layers.append((label, nested))
+    check_tree(raw, str(path))
     try:
         cfg = from_dict(Config, raw)
     except _KeyError as e:
-        src = origin.get(e.key.split(".")[0].split("[")[0], str(path))
-        raise UserError(f"{src}: {e.key}: {e.msg}") from None
-    cfg_base = path.resolve().parent
-    _resolve_paths(cfg, cfg_base)
+        raise UserError(f"{_blame(layers, e.key)}: {e.key}: {e.msg}") from None
+    _resolve_paths(cfg, path.resolve().parent)
     return cfg
+
+
+def _blame(layers: list[tuple[str, dict]], key: str) -> str:
+    """The source that set ``key`` (a dotted key, maybe with [i]): the last layer that reaches
+    deepest along its path."""
+    parts = [p for p in re.split(r"\.|\[(\d+)\]", key) if p]
+    best, best_depth = layers[0][0], -1
+    for source, tree in layers:
+        depth, node = 0, tree
+        for part in parts:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                break
+            depth += 1
+        if depth >= best_depth and depth > 0:
+            best, best_depth = source, depth
+    return best
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
@@ -211,9 +308,4 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")
-
-
-def config_from_dict(data: dict) -> Config:
-    """Rebuild a Config stored in a checkpoint or a run directory."""
-    return from_dict(Config, data)
+    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")

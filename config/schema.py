@@ -9,6 +9,8 @@ naming the file and the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -40,8 +42,9 @@ class ArchConfig:
 
     def __post_init__(self):
         _choice("type", self.type, ("t5", "bart"))
-        for name in ("d_model", "encoder_layers", "decoder_layers", "heads", "d_ff", "max_positions"):
-            _positive(name, getattr(self, name))
+        for name, hi in (("d_model", 2**16), ("encoder_layers", 1000), ("decoder_layers", 1000), ("heads", 1024),
+                         ("d_ff", 2**18), ("max_positions", MAX_TOKENS)):
+            _positive(name, getattr(self, name), hi)
         _in_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         if self.d_model % self.heads:
             raise ValueError(f"heads: d_model {self.d_model} is not divisible by heads {self.heads}")
@@ -77,6 +80,8 @@ class TokenizerConfig:
     def __post_init__(self):
         if self.path and self.train:
             raise ValueError("path: give either tokenizer.path or tokenizer.train, not both")
+        if self.extra_ids is not None:
+            _in_range("extra_ids", self.extra_ids, 0, 10_000)
 
 
 @dataclass
@@ -113,7 +118,8 @@ class SyntheticConfig:
     seed: int = doc("Generation seed (same seed, same data).", 0)
 
     def __post_init__(self):
-        _positive("num_examples", self.num_examples)
+        _positive("num_examples", self.num_examples, 10**8)
+        _seed("seed", self.seed)
 
 
 @dataclass
@@ -149,8 +155,9 @@ class DataConfig:
         if len(sources) > 1:
             raise ValueError(f"{sources[1]}: give one data source, not {' and '.join(sources)}")
         _choice("format", self.format, ("auto", "csv", "tsv", "json", "jsonl", "parquet"))
-        _positive("max_source_length", self.max_source_length)
-        _positive("max_target_length", self.max_target_length)
+        _positive("max_source_length", self.max_source_length, MAX_TOKENS)
+        _positive("max_target_length", self.max_target_length, MAX_TOKENS)
+        _seed("split_seed", self.split_seed)
         if isinstance(self.target_column, list) and not self.target_column:
             raise ValueError("target_column: the list of target columns is empty")
         if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios) or not (
@@ -164,10 +171,6 @@ class DataConfig:
     @property
     def target_columns(self) -> list[str]:
         return [self.target_column] if isinstance(self.target_column, str) else list(self.target_column)
-
-    @property
-    def has_source(self) -> bool:
-        return bool(self.train_file or self.dataset_name or self.synthetic)
 
 
 # --------------------------------------------------------------------------- training
@@ -203,12 +206,13 @@ class OptimConfig:
                    "constant_with_warmup", "inverse_sqrt")
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                     "save_total_limit", "log_every", "eval_generate_samples"):
-            _positive(name, getattr(self, name))
-        for name in ("max_steps", "eval_every"):
+        for name, hi in (("epochs", 10**6), ("batch_size", 10**6), ("eval_batch_size", 10**6),
+                         ("gradient_accumulation_steps", 10**6), ("save_total_limit", 10**6), ("log_every", None),
+                         ("eval_generate_samples", None)):
+            _positive(name, getattr(self, name), hi)
+        for name, hi in (("max_steps", 10**9), ("eval_every", None)):
             if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
+                _positive(name, getattr(self, name), hi)
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
         _in_range("weight_decay", self.weight_decay, 0.0, 10.0)
@@ -242,7 +246,13 @@ class TrainingConfig:
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         _choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if self.num_threads is not None:
-            _positive("num_threads", self.num_threads)
+            _positive("num_threads", self.num_threads, 4096)
+        _seed("seed", self.seed)
+        for name in ("output_dir", "checkpoint_dir", "log_dir"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                default = "runs/default" if name == "output_dir" else f"null (default: under output_dir)"
+                raise ValueError(f"{name}: is empty; give a directory (default {default})")
 
 
 # --------------------------------------------------------------------------- distillation
@@ -259,6 +269,15 @@ class LossSpec:
     def __post_init__(self):
         if self.weight < 0:
             raise ValueError(f"weight: must be >= 0, got {self.weight}")
+        for key, value in self.params.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{key!r}: loss option names must be strings")
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if not isinstance(v, (str, bool, int, float, type(None))) or (
+                        isinstance(v, float) and not math.isfinite(v)):
+                    raise ValueError(f"{key}: must be a finite number, text, or a list of them, got "
+                                     f"{type(v).__name__} {str(v)[:40]}")
 
 
 @dataclass
@@ -293,6 +312,9 @@ class ExtraModel:
     def __post_init__(self):
         if self.name in ("teacher", "student", "copy_source", "untrained_student") or not self.name.strip():
             raise ValueError(f"name: {self.name!r} is taken or empty; choose another name")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            raise ValueError(f"name: {self.name[:70]!r} names the file predictions_<name>.jsonl in the run directory; "
+                             f"use letters, digits, '_', '-' and '.' (at most 64, no '/')")
         if not self.path:
             raise ValueError("path: give the saved model directory")
 
@@ -330,8 +352,8 @@ class BenchmarkConfig:
 
     def __post_init__(self):
         _choice("split", self.split, ("test", "validation", "train"))
-        for name in ("batch_size", "num_beams", "max_new_tokens"):
-            _positive(name, getattr(self, name))
+        for name, hi in (("batch_size", 10**6), ("num_beams", 1000), ("max_new_tokens", MAX_TOKENS)):
+            _positive(name, getattr(self, name), hi)
         if self.max_samples is not None:
             _positive("max_samples", self.max_samples)
         if self.no_repeat_ngram_size < 0:
@@ -348,6 +370,10 @@ class BenchmarkConfig:
             raise ValueError(f"confidence: must be in [0.5, 1), got {self.confidence}")
         for b in self.baselines:
             _choice("baselines", b, ("copy_source", "untrained_student"))
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: two models share a name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); "
+                             f"each needs its own (it names its predictions file)")
 
 
 @dataclass
@@ -366,20 +392,35 @@ class Config:
             raise ValueError("teacher.init: 'shrink' is for the student (it copies layers from the teacher)")
         for role in ("teacher", "student"):
             m = getattr(self, role)
-            if m.init != "scratch" or m.arch.type != "bart":
-                continue
-            for key, n in (("data.max_source_length", self.data.max_source_length),
-                           ("data.max_target_length", self.data.max_target_length),
-                           ("benchmark.max_new_tokens", self.benchmark.max_new_tokens + 1)):
-                if n > m.arch.max_positions:
-                    raise ValueError(f"{role}.arch.max_positions: {m.arch.max_positions} positions cannot hold "
-                                     f"{key} ({n}); raise max_positions or lower {key}")
+            if m.init == "scratch" and m.arch.type == "bart":
+                check_positions(self, m.arch.max_positions, f"{role}.arch.max_positions",
+                                "raise max_positions or lower")
+
+
+def check_positions(cfg: Config, limit: int, owner: str, fix: str) -> None:
+    """Learned position tables (BART) cannot index past their ``limit``: refuse lengths that do
+    not fit (T5's relative positions have no limit). ``owner`` names the limit, ``fix`` starts the fix."""
+    for key, n in (("data.max_source_length", cfg.data.max_source_length),
+                   ("data.max_target_length", cfg.data.max_target_length),
+                   ("benchmark.max_new_tokens", cfg.benchmark.max_new_tokens + 1)):
+        if n > limit:
+            raise ValueError(f"{owner}: {limit} positions cannot hold {key} ({n}); {fix} {key}")
 
 
 # --------------------------------------------------------------------------- validators
-def _positive(name, value):
+MAX_TOKENS = 2**20  # longer than any sequence a seq2seq model of today attends over
+
+
+def _positive(name, value, hi=None):
     if value is None or value <= 0:
         raise ValueError(f"{name}: must be > 0, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name}: {value:,} is beyond what any run can allocate; must be <= {hi:,}")
+
+
+def _seed(name, value):
+    # numpy accepts seeds in [0, 2**32); the data order derives seed * 1000 + epoch for torch's 64-bit generator
+    _in_range(name, value, 0, 2**32 - 1)
 
 
 def _in_range(name, value, lo, hi, hi_open=False):
