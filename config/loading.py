@@ -136,8 +136,8 @@ def _convert(tp, value, where):
                 return _convert(arg, value, where)
             except _KeyError as e:
                 errors.append(e)
-        # report the most specific failure (a nested key) or a type summary
-        nested = [e for e in errors if e.key != where]
+        # report the most specific failure (a nested key, a bad value of the right type) or a type summary
+        nested = [e for e in errors if e.key != where or not e.msg.startswith("expected ")]
         if nested:
             raise nested[0]
         raise _KeyError(where, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")

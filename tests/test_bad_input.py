@@ -259,6 +259,127 @@ def teacher_config_file_typo(ctx):
     return ["--config", ctx.write_config(ctx.config()), "--teacher_config", path, "--output_dir", ctx.out]
 
 
+# --------------------------------------------------------------------------- numbers: non-finite, absurd, unseedable
+
+
+def _set_case(problem, fix, key, value, yaml_text=None, subprocess=False, max_seconds=None):
+    """A case that plants ``value`` at dotted ``key`` of the tiny config (written as YAML)."""
+    def setup(ctx):
+        cfg = ctx.config()
+        node = cfg
+        *path, last = key.split(".")
+        for k in path:
+            node = node.setdefault(k, {}) if not k.isdigit() else node[int(k)]
+        node[last] = value
+        return ["--config", ctx.write_config(cfg, "config.yaml"), "--output_dir", ctx.out]
+    name = "set_" + key.replace(".", "_") + "_" + "".join(c if c.isalnum() else "_" for c in str(value))[:20]
+    CASES.append(Case(name, setup, problem, fix, subprocess, max_seconds))
+
+
+# 4: NaN passes every range check (nan < lo is False); every float of the schema must be finite
+for _key in ("teacher.arch.dropout", "training.teacher.warmup_ratio", "benchmark.length_penalty",
+             "distill.ce_weight", "training.student.learning_rate", "training.student.max_grad_norm",
+             "benchmark.confidence"):
+    _set_case(f"{_key}: must be a finite number, got nan", "must be a finite number", _key, float("nan"))
+_set_case("training.teacher.weight_decay: must be a finite number, got inf", "finite", "training.teacher.weight_decay",
+          float("inf"))
+_set_case("distill.losses[0].temperature: must be a finite number", "finite number", "distill.losses.0.temperature",
+          float("inf"))
+_set_case("data.split_ratios[1]: must be a finite number", "finite", "data.split_ratios", [0.8, float("nan"), 0.1])
+_set_case("training.student.learning_rate: must be a finite number, got '1e400'", "finite",
+          "training.student.learning_rate", "1e400")
+# valid but absurd: no run can allocate it, no RNG accepts it
+_set_case("student.arch.d_model: 1,000,000,000 is beyond what any run can allocate", "must be <= 65,536",
+          "student.arch.d_model", 10**9)
+_set_case("training.teacher.batch_size", "must be <= 1,000,000", "training.teacher.batch_size", 10**12)
+_set_case("data.max_source_length", "must be <=", "data.max_source_length", 2**40)
+_set_case("training.seed: must be in [0, 4294967295]", "got -1", "training.seed", -1)
+_set_case("training.seed: must be in [0, 4294967295]", "got 1099511627776", "training.seed", 2**40)
+_set_case("data.synthetic.seed", "beyond any sensible setting", "data.synthetic.seed", 2**64)
+_set_case("data.synthetic.seed: must be in [0, 4294967295]", "got 4294967296", "data.synthetic.seed", 2**32)
+_set_case("training.teacher.max_steps", "beyond any sensible setting", "training.teacher.max_steps", 10**30)
+# 10: output paths that are empty
+_set_case("training.checkpoint_dir: is empty", "give a directory", "training.checkpoint_dir", " ")
+# benchmark settings that name files outside the run
+_set_case("benchmark.models[0].name", "no '/'", "benchmark.models", [{"name": "../../escape", "path": "x"}])
+_set_case("benchmark.models: two models share a name (b)", "each needs its own", "benchmark.models",
+          [{"name": "b", "path": "x"}, {"name": "b", "path": "y"}])
+
+
+@case("training.output_dir: is empty", "give a directory (default runs/default)")
+def output_dir_flag_empty(ctx):
+    return ["--mode", "train_teacher", "--config", ctx.write_config(ctx.config()), "--output_dir", ""]
+
+
+@case("--set training.output_dir=: training.output_dir: is empty", "give a directory")
+def output_dir_set_empty(ctx):
+    return ["--mode", "train_teacher", "--config", ctx.write_config(ctx.config()), "--set", "training.output_dir="]
+
+
+@case(("config.yaml: training.student.lerning_rate: unknown key",), "did you mean 'learning_rate'")
+def typo_in_the_file_is_blamed_on_the_file_not_on_output_dir(ctx):
+    cfg = ctx.config()
+    cfg["training"]["student"]["lerning_rate"] = cfg["training"]["student"].pop("learning_rate")
+    return ["--config", ctx.write_config(cfg, "config.yaml"), "--output_dir", ctx.out, "--set", "training.seed=3"]
+
+
+@case("--log_dir ' ': training.log_dir: is empty", "give a directory")
+def log_dir_flag_blamed_by_its_name(ctx):
+    return ["--config", ctx.write_config(ctx.config()), "--output_dir", ctx.out, "--log_dir", " "]
+
+
+# --------------------------------------------------------------------------- YAML/JSON that parse but are no config
+@case("more than 100,000 values (YAML aliases expanded)", "check for aliases", subprocess=True, max_seconds=30)
+def billion_laughs(ctx):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    lines += ["data:", "  prefix: *a9"]
+    return ["--config", ctx.write("laughs.yaml", "\n".join(lines) + "\n"), "--output_dir", ctx.out]
+
+
+@case("nested", "levels deep", max_seconds=30)
+def deeply_nested_yaml(ctx):
+    return ["--config", ctx.write("deep.yaml", "data:\n  prefix: " + "[" * 3000 + "]" * 3000 + "\n"),
+            "--output_dir", ctx.out]
+
+
+@case("nested", "levels deep", max_seconds=30)
+def deeply_nested_json(ctx):
+    return ["--config", ctx.write("deep.json", '{"data": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+            "--output_dir", ctx.out]
+
+
+@case("Exceeds the limit", "write a number of sensible size")
+def integer_of_ten_thousand_digits(ctx):
+    return ["--config", ctx.write("big.json", '{"training": {"seed": ' + "9" * 10_000 + "}}"), "--output_dir", ctx.out]
+
+
+@case("training.True: keys must be strings, got bool", "YAML reads yes/no/on/off")
+def yaml_boolean_key(ctx):
+    return ["--config", ctx.write("on.yaml", "training:\n  on: cpu\n"), "--output_dir", ctx.out]
+
+
+@case("data.1: keys must be strings, got int", "write the key as quoted text")
+def yaml_integer_key(ctx):
+    return ["--config", ctx.write("int.yaml", "data:\n  1: prefix\n"), "--output_dir", ctx.out]
+
+
+@case("distill.losses[0].3: keys must be strings", "quoted text")
+def integer_key_in_a_loss(ctx):
+    return ["--config", ctx.write("loss.yaml", "distill:\n  losses:\n    - name: vanilla_kl\n      3: 2.0\n"),
+            "--output_dir", ctx.out]
+
+
+@case("data.prefix: expected str, got list", "expected str")
+def a_list_where_text_belongs(ctx):
+    return ["--config", ctx.write("list.yaml", "data:\n  prefix: [a, b]\n"), "--output_dir", ctx.out]
+
+
+@case("data.prefix: expected str, got date", "expected str")
+def a_yaml_date_where_text_belongs(ctx):
+    return ["--config", ctx.write("date.yaml", "data:\n  prefix: 2024-01-01\n"), "--output_dir", ctx.out]
+
+
 # --------------------------------------------------------------------------- data
 GOOD_ROWS = "source,target\n" + "".join(f"you are a stupid person {i},you are a person {i}\n" for i in range(12))
 
@@ -463,6 +584,47 @@ def benchmark_extra_model_missing(ctx):
             "--student_path", str(ctx.prev.out / "student" / "final")]
 
 
+@case("cannot load a seq2seq model", "give a directory written by save_pretrained", subprocess=True)
+def teacher_path_with_truncated_safetensors(ctx):
+    teacher = ctx.tmp / "truncated_teacher"
+    shutil.copytree(ctx.prev.out / "teacher" / "final", teacher)
+    weights = teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    return ["--mode", "distill_student", "--config", ctx.write_config(ctx.config()), "--output_dir", ctx.out,
+            "--teacher_path", str(teacher)]
+
+
+@case("cannot load a seq2seq model", "give a directory written by save_pretrained")
+def student_path_with_garbage_safetensors(ctx):
+    student = ctx.tmp / "garbage_student"
+    shutil.copytree(ctx.prev.out / "student" / "final", student)
+    (student / "model.safetensors").write_bytes(b"\xff" * 64)
+    return ["--mode", "benchmark", "--config", ctx.write_config(ctx.config()), "--output_dir", ctx.out,
+            "--student_path", str(student)]
+
+
+@case("written by another version of this tool (no optimizer", "start the stage over with --overwrite")
+def checkpoint_of_another_format_version(ctx):
+    import torch
+    run = ctx.copy_run()
+    ckpt = torch.load(run / STUDENT_CKPT, weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, run / STUDENT_CKPT)
+    return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", str(run),
+            "--resume_from_checkpoint", str(run / STUDENT_CKPT)]
+
+
+@case("does not match this version's format", "start the stage over with --overwrite")
+def checkpoint_with_a_foreign_state(ctx):
+    import torch
+    run = ctx.copy_run()
+    ckpt = torch.load(run / STUDENT_CKPT, weights_only=True)
+    ckpt["state"]["future_field"] = 1
+    torch.save(ckpt, run / STUDENT_CKPT)
+    return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", str(run),
+            "--resume_from_checkpoint", str(run / STUDENT_CKPT)]
+
+
 # An output directory that already holds a run: refused unless resuming or --overwrite, nothing changed.
 @case("already holds a teacher run", "--overwrite", subprocess=True)
 def output_dir_holds_a_teacher_run(ctx):
@@ -579,7 +741,7 @@ def error_problems(code, stderr: str, problem, fix) -> list[str]:
 
 
 def test_at_least_30_distinct_cases():
-    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 70 and len({c.id for c in CASES}) == len(CASES)
     assert sum(c.subprocess for c in CASES) >= 8
 
 
