@@ -156,6 +156,8 @@ def _convert(tp, value, where):
         return _float(value, where)
     if tp is int and type(value) is int and abs(value) > MAX_INT:
         raise _KeyError(where, f"{value:.3g} is beyond any sensible setting (|value| <= {MAX_INT:.3g})")
+    if tp is str and type(value) is str and "\x00" in value:
+        raise _KeyError(where, f"contains a NUL character ({short_repr(value)}); remove it")
     if tp in (int, str, bool) and type(value) is tp:
         return value
     if tp is Any:
@@ -288,11 +290,17 @@ def _blame(layers: list[tuple[str, dict]], key: str) -> str:
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
     """Relative file paths are tried against the config's directory, then the cwd."""
+    def exists(p: Path) -> bool:
+        try:
+            return p.exists()
+        except OSError:  # e.g. a name too long for the file system: the data loader says it is missing
+            return False
+
     def fix(p):
-        if p is None or Path(p).is_absolute() or Path(p).exists():
+        if p is None or Path(p).is_absolute() or exists(Path(p)):
             return p
         cand = base / p
-        return str(cand) if cand.exists() else p
+        return str(cand) if exists(cand) else p
     for m in (cfg.teacher, cfg.student):
         m.tokenizer.path = fix(m.tokenizer.path)
         if m.name_or_path and ("/" in m.name_or_path or m.name_or_path.startswith(".")):
