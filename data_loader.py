@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils import UserError, hub_host, hub_offline, hub_reachable, log
+from utils import UserError, hub_host, hub_offline, hub_reachable, log, one_line
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -92,7 +92,7 @@ def read_table(path, fmt: str = "auto", encoding: str = "utf-8", *, key: str = "
     except pd.errors.EmptyDataError:
         raise UserError(f"{path} is empty (no header, no rows); check {key}") from None
     except (pd.errors.ParserError, ValueError, OSError) as e:
-        raise UserError(f"{path}: cannot read it as {fmt.upper()} ({_one_line(e)}); "
+        raise UserError(f"{path}: cannot read it as {fmt.upper()} ({one_line(e, 300)}); "
                         f"check the file or set data.format") from None
     if df.empty:
         raise UserError(f"{path} has no data rows (columns: {_names(df.columns)}); check {key}")
@@ -356,7 +356,7 @@ def _from_synthetic(syn):
     try:
         rows = demo_data.generate(syn.task, syn.num_examples, syn.seed)
     except (ValueError, KeyError) as e:
-        raise UserError(f"data.synthetic.task {syn.task!r}: {_one_line(e)}") from None
+        raise UserError(f"data.synthetic.task {syn.task!r}: {one_line(e, 300)}") from None
     df = _stringify(pd.DataFrame.from_records(rows, columns=["source", "target"]))
     name = f"data.synthetic task {syn.task!r}"
     return table_to_examples(df, name, "source", ["target"]), None, None
@@ -390,7 +390,7 @@ def _load_hub(name: str, config: str | None) -> dict[str, pd.DataFrame]:
     try:
         dd = datasets.load_dataset(name, config)
     except Exception as e:  # network, cache, script and config errors all end the run the same way
-        raise UserError(f"data.dataset_name {name!r}: could not load it ({_one_line(e)}); {fix}") from None
+        raise UserError(f"data.dataset_name {name!r}: could not load it ({one_line(e, 300)}); {fix}") from None
     return {split: ds.to_pandas() for split, ds in dd.items()}
 
 
@@ -401,11 +401,6 @@ def _warn_overlap(parts):
         shared = sum(e.source in train for e in exs or [])
         if shared:
             log.warning(f"data: {shared:,} {name} sources also occur in the training data")
-
-
-def _one_line(e: Exception) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # --------------------------------------------------------------------------- training pairs and batches

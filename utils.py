@@ -26,8 +26,9 @@ class UserError(Exception):
 
 
 def one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message as one bounded line (library messages span lines), for a UserError."""
-    return " ".join(str(e).split())[:limit] or type(e).__name__
+    """An exception's message as one bounded line (library messages span lines), or its type name."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class TrainingInterrupted(Exception):

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
+from utils import one_line  # noqa: F401 - re-exported: metrics.bertscore imports it from here
+
 
 @dataclass(frozen=True)
 class MetricResult:
@@ -73,12 +75,6 @@ MetricOutcome = Union[MetricResult, MetricSkipped]
 
 class ModelUnavailable(Exception):
     """A metric's model cannot be loaded; the message is the one-line reason."""
-
-
-def one_line(error: BaseException, limit: int = 200) -> str:
-    """An exception as one short line: its first message line, or its type name."""
-    text = " ".join(str(error).split())
-    return (text[:limit] if text else type(error).__name__)
 
 
 def load_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs) -> Any:
