@@ -134,8 +134,8 @@ def prepare_stage(run: Run, role: str) -> Stage:
             raise UserError(f"--resume_from_checkpoint {resume}: no such checkpoint file (use a step_*.pt file "
                             f"from {ckpt_dir} or 'auto')")
         replaces = resume_path.resolve().parent == new_ckpt.resolve()
-    else:  # an interrupted --overwrite run of this stage is what 'auto' continues
-        replaces = resume == "auto" and any(new_ckpt.glob("step_*.pt")) or (
+    else:  # an unfinished --overwrite of this stage is what 'auto' continues
+        replaces = resume == "auto" and replacing(run, role) or (
             resume is None and run.opts.overwrite and _has_results(run_dir, ckpt_dir))
         if replaces:
             run_dir, ckpt_dir = new_run, new_ckpt
@@ -162,6 +162,12 @@ def commit_stage(run: Run, stage: Stage) -> None:
     # a replacing stage records its config once its result replaced the earlier one
     record_run(run, f"{stage.role} stage" + (f" (replacing the earlier one once complete, in {stage.run_dir})"
                                              if stage.replaces else ""), save=not stage.replaces)
+
+
+def replacing(run: Run, role: str) -> bool:
+    """Whether a replacement of this stage was started and not swapped in yet."""
+    new_run, new_ckpt = stage_dirs(run, role, new=True)
+    return new_run.exists() or any(new_ckpt.glob("step_*.pt"))
 
 
 def replace_stage(run: Run, role: str) -> Path:
@@ -392,10 +398,10 @@ def finished_model(run: Run, role: str) -> Path | None:
     from (a replacing stage's new one first; None while a replacing stage is unfinished)."""
     if run.opts.resume != "auto":
         return None
-    new_run, new_ckpt = stage_dirs(run, role, new=True)
-    if (new_run / "final").is_dir():
-        return new_run / "final"
-    if any(new_ckpt.glob("step_*.pt")):
+    new_final = stage_dirs(run, role, new=True)[0] / "final"
+    if new_final.is_dir():
+        return new_final
+    if replacing(run, role):
         return None
     final = run.output_dir / role / "final"
     return final if final.is_dir() else None

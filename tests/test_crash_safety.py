@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,10 +22,13 @@ from utils import UserError
 LONG = {"max_steps": 300, "eval_every": 20, "log_every": 1, "save_total_limit": 3, "batch_size": 4}
 
 
-def start_training(cfg_path, out):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+
+def start_training(cfg_path, out, cwd=None):
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--mode", "train_teacher", "--config",
-                             str(cfg_path), "--output_dir", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+                             str(cfg_path), "--output_dir", str(out)], env=OFFLINE_ENV, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd)
 
 
 def wait_for(condition, proc, timeout=120):
@@ -61,20 +65,25 @@ def assert_same_weights(a, b):
 
 
 def test_sigterm_finishes_the_step_saves_and_resumes_exactly(straight, tmp_path):
+    """Launched as ``python /path/to/main.py`` from another directory with relative paths: the
+    printed resume command works there verbatim."""
     out = tmp_path / "run"
-    proc = start_training(straight.config, out)
+    shutil.copy(straight.config, tmp_path / "config.json")
+    proc = start_training("config.json", "run", cwd=tmp_path)
     metrics = out / "teacher" / "metrics.jsonl"
     wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 30, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     last = err.strip().splitlines()[-1]
-    assert "stopped by SIGTERM after step" in last and "Resume with: python main.py" in last
-    assert last.endswith("--resume_from_checkpoint auto") and "Traceback" not in err
+    command = f"{shlex.join([sys.executable, str(ROOT / 'main.py')])} --mode train_teacher --config config.json " \
+              f"--output_dir run --resume_from_checkpoint auto"
+    assert "stopped by SIGTERM after step" in last and last.endswith(f"Resume with: {command}")
+    assert "Traceback" not in err
     step, _ = last_weights(out)
     assert 30 <= step < 300 and f"after step {step};" in last  # the checkpoint is at the step it stopped
-    assert main(["--mode", "train_teacher", "--config", str(straight.config), "--output_dir", str(out),
-                 "--resume_from_checkpoint", "auto"]) == 0
+    done = subprocess.run(shlex.split(command), cwd=tmp_path, env=OFFLINE_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     assert_same_weights(last_weights(out)[1], straight.weights)
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if "loss" in json.loads(x)]
     assert steps == list(range(1, 301))

@@ -230,3 +230,33 @@ def test_the_resume_command_is_the_launched_one():
         "/usr/bin/python3 /opt/kd/main.py --mode train_teacher --config c.yaml --resume_from_checkpoint auto"
     assert resume_command(["--config", "my config.yaml"], ["python", "-X", "dev", "main.py"]) == \
         "python -X dev main.py --config 'my config.yaml' --resume_from_checkpoint auto"
+
+
+def test_full_pipeline_overwrite_replaces_both_models_only_once_both_are_trained(tmp_path, capsys):
+    from test_bad_input import base_config
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(base_config()))
+    out = tmp_path / "run"
+    pipeline = ["--config", str(cfg), "--output_dir", str(out)]
+    assert main(pipeline) == 0
+    keep = ["teacher", "student", "checkpoints", "config.resolved.json", "benchmark_results.json",
+            "predictions_student.jsonl"]
+    before = {k: snapshot(out / k) for k in keep}
+    # the new teacher trains, the new student fails: nothing of the earlier run changes
+    assert main([*pipeline, "--overwrite", "--set", "training.seed=7", "--set", "training.student.learning_rate=1e6",
+                 "--set", "training.student.eval_every=1"]) == 2
+    assert "student: at step 1 the validation loss is nan" in capsys.readouterr().err
+    for k in keep:
+        assert [c for c in changes(out / k, before[k], snapshot(out / k)) if ".new" not in c] == []
+    assert (out / "teacher.new/final/model.safetensors").is_file()
+    old_teacher = weights(out / "teacher/final")["model.shared.weight"]
+    # continuing it keeps the new teacher, trains the student, then replaces both and the reports
+    assert main([*pipeline, "--set", "training.seed=7", "--resume_from_checkpoint", "auto"]) == 0
+    assert not [p.name for p in out.rglob("*.new")]
+    assert not torch.equal(weights(out / "teacher/final")["model.shared.weight"], old_teacher)
+    assert json.loads((out / "config.resolved.json").read_text())["training"]["seed"] == 7
+    results = json.loads((out / "benchmark_results.json").read_text())
+    assert {m["name"]: m["path"] for m in results["models"]} == {"teacher": str(out / "teacher/final"),
+                                                                 "student": str(out / "student/final")}
+    assert changes(out / "benchmark_results.json", before["benchmark_results.json"],
+                   snapshot(out / "benchmark_results.json"))
