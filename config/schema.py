@@ -364,6 +364,12 @@ class BenchmarkConfig:
             raise ValueError(f"latency_samples: must be >= 0, got {self.latency_samples}")
         for m in self.metrics:
             _choice("metrics", m, TEXT_METRICS + MODEL_METRICS)
+        for name in ("metrics", "baselines"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: {values} names one twice; list each once")
+        if any(not phrase.strip() for phrase in self.bad_phrases):
+            raise ValueError("bad_phrases: an empty phrase blocks nothing; remove it")
         if self.bootstrap_samples < 0:
             raise ValueError(f"bootstrap_samples: must be >= 0, got {self.bootstrap_samples}")
         if not 0.5 <= self.confidence < 1:

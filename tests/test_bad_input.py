@@ -304,6 +304,9 @@ _set_case("training.checkpoint_dir: is empty", "give a directory", "training.che
 _set_case("benchmark.models[0].name", "no '/'", "benchmark.models", [{"name": "../../escape", "path": "x"}])
 _set_case("benchmark.models: two models share a name (b)", "each needs its own", "benchmark.models",
           [{"name": "b", "path": "x"}, {"name": "b", "path": "y"}])
+_set_case("benchmark.bad_phrases: an empty phrase blocks nothing", "remove it", "benchmark.bad_phrases", ["idiot", " "])
+_set_case("benchmark.metrics: ['rouge', 'rouge'] names one twice", "list each once", "benchmark.metrics",
+          ["rouge", "rouge"])
 
 
 @case("training.output_dir: is empty", "give a directory (default runs/default)")
