@@ -17,6 +17,12 @@ import torch
 from utils import UserError, atomic_write, log
 
 DISK_MARGIN = 1.2  # free space wanted, as a multiple of the checkpoint's size
+KEYS = ("weights", "optimizer", "scheduler", "scaler", "rng", "state", "role", "total_steps", "config")
+# What a resume may change, from the next step on: the peak learning rate and the weight decay
+# (written into the restored optimizer and schedule), clipping and the eval/log/save cadence (read at
+# every step). Everything else that shapes the run must match the checkpoint (see resume_changes).
+RESUME_MAY_CHANGE = ("learning_rate", "weight_decay", "max_grad_norm", "eval_every", "eval_batch_size",
+                     "eval_generate_samples", "log_every", "save_total_limit")
 
 
 def save_checkpoint_file(payload: dict, path: Path) -> None:
@@ -65,6 +71,32 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
         except UserError as e:
             log.warning("skipping %s: %s", path.name, e)
     return None
+
+
+def check_format(ckpt: dict, path: Path) -> None:
+    """A resumable checkpoint of this format version holds every one of :data:`KEYS`."""
+    missing = [k for k in KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} was written by another version of this tool (no {', '.join(missing)}); "
+                        f"resume it with that version, or start the stage over with --overwrite")
+
+
+def resume_changes(saved: dict, current: dict, role: str) -> tuple[list[str], list[str]]:
+    """(refused, allowed) differences between a checkpoint's config and this run's, as 'key: a -> b'.
+    Compared: the role's optimisation, seed and precision, the model's architecture, the data
+    (file paths aside: files may move) and, for the student, the objective."""
+    def shaping(cfg: dict) -> dict:
+        t, m = cfg.get("training", {}), cfg.get(role, {})
+        out = {"training": {role: t.get(role, {}), "seed": t.get("seed"), "precision": t.get("precision")},
+               role: {"init": m.get("init"), "arch": m.get("arch"),
+                      "tokenizer": {"train": (m.get("tokenizer") or {}).get("train")}},
+               "data": {k: v for k, v in cfg.get("data", {}).items() if not k.endswith("_file")}}
+        if role == "student":
+            out["distill"] = cfg.get("distill", {})
+        return out
+    diffs = config_differences(shaping(saved), shaping(current))
+    allowed = tuple(f"training.{role}.{k}:" for k in RESUME_MAY_CHANGE)
+    return [d for d in diffs if not d.startswith(allowed)], [d for d in diffs if d.startswith(allowed)]
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

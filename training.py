@@ -20,22 +20,14 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
-from checkpoints import (config_differences, latest_checkpoint, load_checkpoint_file, rng_state,
-                         save_checkpoint_file, set_rng_state)
+from checkpoints import (RESUME_MAY_CHANGE, check_format, config_differences, latest_checkpoint,
+                         load_checkpoint_file, resume_changes, rng_state, save_checkpoint_file, set_rng_state)
 from config import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator
 from distiller_zoo import Objective, cross_entropy_sum
 from generation import generate_texts, generation_config
 from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, atomic_write_text, log, one_line
 
-# Settings that fix which batches each step sees; a resume must keep them.
-_SCHEDULE_KEYS = ("batch_size", "gradient_accumulation_steps")  # total steps are compared separately
-# What a resume may change, from the next step on: the peak learning rate and the weight decay
-# (written into the restored optimizer and schedule), clipping and the eval/log/save cadence (read at
-# every step). Everything else that shapes the run must match the checkpoint (see _resume_changes).
-RESUME_MAY_CHANGE = ("learning_rate", "weight_decay", "max_grad_norm", "eval_every", "eval_batch_size",
-                     "eval_generate_samples", "log_every", "save_total_limit")
-CHECKPOINT_KEYS = ("weights", "optimizer", "scheduler", "scaler", "rng", "state", "role", "total_steps", "config")
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
 
 
@@ -362,10 +354,7 @@ class Trainer:
         if ckpt.get("role") != role:
             raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {role} one; "
                             f"pass the {role}'s checkpoint or 'auto'")
-        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-        if missing:
-            raise UserError(f"checkpoint {path} was written by another version of this tool (no {', '.join(missing)}); "
-                            f"resume it with that version, or start the stage over with --overwrite")
+        check_format(ckpt, path)
         saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
         for name, module in self.trainable_modules().items():
             try:
@@ -376,18 +365,10 @@ class Trainer:
                 what = "; ".join(diffs[:4]) or one_line(e)
                 raise UserError(f"checkpoint {path} does not fit the configured {role} ({what}); resume with the "
                                 f"config it was saved with, or start a new run") from None
-        schedule = config_differences(
-            {k: saved.get("training", {}).get(role, {}).get(k) for k in _SCHEDULE_KEYS} | {
-                "seed": saved.get("training", {}).get("seed")},
-            {k: self.job.config.get("training", {}).get(role, {}).get(k) for k in _SCHEDULE_KEYS} | {
-                "seed": self.job.config.get("training", {}).get("seed")}, "training.")
-        if saved and schedule:
-            raise UserError(f"checkpoint {path} was saved with another data schedule ({'; '.join(schedule)}); the "
-                            f"saved data position would point at other batches: resume with the same settings")
         if ckpt["total_steps"] != self.total_steps:
             raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
                             f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
-        refused, changed = self._resume_changes(saved)
+        refused, changed = resume_changes(saved, self.job.config, role)
         if refused:
             raise UserError(f"checkpoint {path}: a resume cannot change {'; '.join(refused[:4])}; resume with the "
                             f"checkpoint's values (a resume may change training.{role}.{{{', '.join(RESUME_MAY_CHANGE)}}}) "
@@ -405,25 +386,6 @@ class Trainer:
         if changed:
             self._apply_resume_changes()
         self.state.resumes.append({"step": self.state.step, "checkpoint": str(path), "changed": changed})
-
-    def _resume_changes(self, saved: dict) -> tuple[list[str], list[str]]:
-        """(refused, allowed) differences between the checkpoint's config and this one, as 'key: a -> b'.
-        Compared: this role's optimisation, seed and precision, the model's architecture, the data
-        (file paths aside: files may move) and, for the student, the objective."""
-        role = self.job.role
-
-        def shaping(cfg: dict) -> dict:
-            t, m = cfg.get("training", {}), cfg.get(role, {})
-            out = {"training": {role: t.get(role, {}), "seed": t.get("seed"), "precision": t.get("precision")},
-                   role: {"init": m.get("init"), "arch": m.get("arch"),
-                          "tokenizer": {"train": (m.get("tokenizer") or {}).get("train")}},
-                   "data": {k: v for k, v in cfg.get("data", {}).items() if not k.endswith("_file")}}
-            if role == "student":
-                out["distill"] = cfg.get("distill", {})
-            return out
-        diffs = config_differences(shaping(saved), shaping(self.job.config))
-        allowed = tuple(f"training.{role}.{k}:" for k in RESUME_MAY_CHANGE)
-        return [d for d in diffs if not d.startswith(allowed)], [d for d in diffs if d.startswith(allowed)]
 
     def _apply_resume_changes(self) -> None:
         """Write the configured peak learning rate and weight decay into the restored optimizer and

@@ -145,7 +145,7 @@ def test_resume_with_another_batch_size_is_refused(tiny_config_dict, write_confi
     ckpt = sorted((out / "checkpoints/teacher").glob("step_*.pt"))[0]
     assert run(cfg, tmp_path / "b", "--mode", "train_teacher", "--resume_from_checkpoint", ckpt,
                "--set", "training.teacher.batch_size=4") == 2
-    assert "another data schedule (training.batch_size: 8 -> 4)" in capsys.readouterr().err
+    assert "a resume cannot change training.teacher.batch_size: 8 -> 4" in capsys.readouterr().err
 
 
 def test_gpu_out_of_memory_is_one_line(monkeypatch, tiny_config_dict, write_config, capsys):
