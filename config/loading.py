@@ -39,6 +39,8 @@ def read_config_file(path: str | Path) -> dict:
     if len(text) > MAX_CONFIG_CHARS:
         raise UserError(f"{path}: {len(text):,} characters is not a config (limit {MAX_CONFIG_CHARS:,}); "
                         f"give --config the config file, not a data file")
+    if _text_depth(text) > 2 * MAX_DEPTH:  # checked before parsing: PyYAML takes minutes on deep nesting
+        raise UserError(f"{path}: nested too deeply to be a config; a config is at most {MAX_DEPTH} levels deep")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as e:
@@ -63,6 +65,17 @@ def read_config_file(path: str | Path) -> dict:
 MAX_CONFIG_CHARS = 1_000_000
 MAX_DEPTH = 20           # a config is 4 levels deep; loss options add a few
 MAX_VALUES = 100_000     # values after YAML aliases are expanded (each alias counts as a copy)
+
+
+def _text_depth(text: str) -> int:
+    """An upper bound of the nesting a text can parse to: open brackets (quoted ones count too,
+    harmless at this bound), and block indentation in steps of two columns."""
+    depth = deepest = 0
+    for ch in re.sub(r"[^\[\]{}]", "", text):
+        depth = depth + 1 if ch in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    indent = max((len(m) for m in re.findall(r"^[ \t]*(?=\S)", text, re.M)), default=0)
+    return max(deepest, indent // 2)
 
 
 def check_tree(data, source: str) -> None:
