@@ -113,6 +113,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
+        if "can't allocate memory" in str(e):  # the CPU allocator: a model or batch larger than the RAM
+            print("error: not enough memory (" + " ".join(str(e).split())[:120] + "); lower the model size "
+                  "(<role>.arch), training.<role>.batch_size, eval_batch_size or benchmark.batch_size", file=sys.stderr)
+            return 2
         if "out of memory" not in str(e):
             raise
         print("error: the GPU ran out of memory; lower training.<role>.batch_size (raise "

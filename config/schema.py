@@ -46,6 +46,12 @@ class ArchConfig:
                          ("d_ff", 2**18), ("max_positions", MAX_TOKENS)):
             _positive(name, getattr(self, name), hi)
         _in_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        layer = 4 * self.d_model ** 2 + 2 * self.d_model * self.d_ff  # attention + feed-forward weights
+        params = (self.encoder_layers + 1.5 * self.decoder_layers) * layer  # cross-attention: half a layer more
+        if params > MAX_PARAMETERS:
+            raise ValueError(f"d_model: with d_ff {self.d_ff:,} and {self.encoder_layers} + {self.decoder_layers} "
+                             f"layers the model has about {params:.2g} parameters, beyond what any run can "
+                             f"allocate (<= {MAX_PARAMETERS:.0e}); lower d_model, d_ff or the layer counts")
         if self.d_model % self.heads:
             raise ValueError(f"heads: d_model {self.d_model} is not divisible by heads {self.heads}")
 
@@ -415,6 +421,7 @@ def check_positions(cfg: Config, limit: int, owner: str, fix: str) -> None:
 
 # --------------------------------------------------------------------------- validators
 MAX_TOKENS = 2**20  # longer than any sequence a seq2seq model of today attends over
+MAX_PARAMETERS = 1e11  # 400 GB of fp32 weights, before gradients and optimizer state
 
 
 def _positive(name, value, hi=None):

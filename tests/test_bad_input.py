@@ -292,6 +292,9 @@ _set_case("training.student.learning_rate: must be a finite number, got '1e400'"
 _set_case("student.arch.d_model: 1,000,000,000 is beyond what any run can allocate", "must be <= 65,536",
           "student.arch.d_model", 10**9)
 _set_case("training.teacher.batch_size", "must be <= 1,000,000", "training.teacher.batch_size", 10**12)
+_set_case("teacher.arch.d_model: with d_ff 64 and 1000 + 1 layers the model has about", "lower d_model, d_ff or the layer",
+          "teacher.arch", {"type": "t5", "d_model": 65536, "heads": 2, "d_ff": 64, "encoder_layers": 1000,
+                           "decoder_layers": 1})
 _set_case("data.max_source_length", "must be <=", "data.max_source_length", 2**40)
 _set_case("training.seed: must be in [0, 4294967295]", "got -1", "training.seed", -1)
 _set_case("training.seed: must be in [0, 4294967295]", "got 1099511627776", "training.seed", 2**40)

@@ -157,3 +157,15 @@ def test_gpu_out_of_memory_is_one_line(monkeypatch, tiny_config_dict, write_conf
     assert main(["--mode", "train_teacher", "--config", str(write_config(tiny_config_dict))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the GPU ran out of memory; lower training.<role>.batch_size") and "\n" not in err
+
+
+def test_cpu_allocation_failure_is_one_line(monkeypatch, tiny_config_dict, write_config, capsys):
+    import pipeline
+
+    def too_big(cfg, opts):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 400000000000 bytes.")
+    monkeypatch.setitem(pipeline.MODES, "train_teacher", too_big)
+    assert main(["--mode", "train_teacher", "--config", str(write_config(tiny_config_dict))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: not enough memory (") and "lower the model size" in err and "\n" not in err
