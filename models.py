@@ -55,7 +55,7 @@ def load_local(loader, path, what: str, **kwargs):
 
 
 # --------------------------------------------------------------------------- tokenizers
-def load_tokenizer(cfg: TokenizerConfig, model_path: str | None, train_texts=None, save_dir: Path | None = None):
+def load_tokenizer(cfg: TokenizerConfig, model_path: str | None, train_texts=None):
     """The tokenizer a model config asks for, with a pad and an eos token guaranteed."""
     if cfg.train:
         if train_texts is None:
@@ -72,8 +72,6 @@ def load_tokenizer(cfg: TokenizerConfig, model_path: str | None, train_texts=Non
     if tok.eos_token is None:
         raise UserError(f"tokenizer {cfg.path or model_path}: it has no end-of-sequence token; "
                         f"a seq2seq model needs one (use a T5/BART tokenizer or tokenizer.train)")
-    if save_dir is not None:
-        tok.save_pretrained(save_dir)
     return tok
 
 
@@ -152,11 +150,17 @@ def same_vocabulary(a, b) -> bool:
 
 
 # --------------------------------------------------------------------------- models
+def attention_kwargs(attentions: bool) -> dict:
+    """Loader keywords for a model whose attention maps are needed: transformers 5's default sdpa
+    attention returns none, eager attention does."""
+    return {"attn_implementation": "eager"} if attentions else {}
+
+
 def build_model(cfg: ModelConfig, tokenizer, attentions: bool = False):
     """A seq2seq model: pretrained by name/path, or randomly initialised from ``cfg.arch``.
 
     ``attentions=True`` selects eager attention: transformers 5's sdpa returns no attention maps."""
-    attn = {"attn_implementation": "eager"} if attentions else {}
+    attn = attention_kwargs(attentions)
     if cfg.init == "pretrained":
         model = from_hub(AutoModelForSeq2SeqLM.from_pretrained, cfg.name_or_path, "model", **attn)
         check_vocab_fits(model, tokenizer, cfg.name_or_path)
@@ -253,21 +257,26 @@ def load_saved(path: str | Path, what: str, attentions: bool = False):
     if not (p / "config.json").is_file():
         raise UserError(f"{what} {path}: not a saved model directory (no config.json); give the directory "
                         f"written by train_teacher / distill_student (…/final)")
-    attn = {"attn_implementation": "eager"} if attentions else {}
+    attn = attention_kwargs(attentions)
     model = load_local(AutoModelForSeq2SeqLM.from_pretrained, p, what, **attn)
     tok = load_local(tokenizer_from_path, p, what)
     check_vocab_fits(model, tok, str(p))
     return model, tok
 
 
-def export(model, tokenizer, out_dir: Path) -> Path:
+def export(model, tokenizer, out_dir: Path, decoding=None) -> Path:
     """save_pretrained (safetensors) plus the tokenizer, loadable by the Auto classes.
+
+    ``decoding`` (a GenerationConfig, :func:`generation.generation_config`) becomes the saved
+    generation_config.json, so a plain ``model.generate(**inputs)`` decodes as the benchmark does.
 
     Written to a sibling temporary directory and renamed, so ``out_dir`` is never half written:
     its existence means the stage finished (``--resume_from_checkpoint auto`` relies on that)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if decoding is not None:
+        model.generation_config = decoding
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -22,7 +22,7 @@ import torch
 from config import Config, save_config, to_dict
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
-from models import build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
+from models import attention_kwargs, build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
 from utils import (UserError, attach_log_file, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed,
@@ -212,7 +212,7 @@ def build_student(run: Run, teacher, t_tok, attentions: bool):
     """The student model and its tokenizer (the teacher's when shrinking or trained alike)."""
     s = run.cfg.student
     if s.init == "shrink":
-        attn = {"attn_implementation": "eager"} if attentions else {}
+        attn = attention_kwargs(attentions)
         return shrink_model(teacher, s.arch.encoder_layers, s.arch.decoder_layers, **attn), t_tok
     same_trained = s.tokenizer == run.cfg.teacher.tokenizer and s.tokenizer.train
     tok = t_tok if same_trained else load_tokenizer(s.tokenizer, s.name_or_path,
