@@ -34,6 +34,8 @@ def from_hub(loader, name: str, what: str, **kwargs):
         return loader(name, local_files_only=True, **kwargs)
     except OSError:
         pass
+    except ValueError as e:  # cached, but not a model this tool can load
+        raise UserError(load_failure(what, name, e)) from None
     if hub_offline() or not hub_reachable():
         raise UserError(f"{what} {name!r} is not cached and the model hub cannot be reached (offline); "
                         f"download it on a connected machine and give its local directory instead")
@@ -49,9 +51,31 @@ def load_local(loader, path, what: str, **kwargs):
     try:
         return loader(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        first = " ".join(str(e).split())[:200] or type(e).__name__
-        raise UserError(f"{what} {path}: cannot load a seq2seq model or tokenizer from it ({first}); give a "
-                        f"directory written by save_pretrained for a T5/BART-style model") from None
+        raise UserError(load_failure(what, path, e)) from None
+
+
+SUPPORTED_KINDS = "T5 family (t5, mt5, umt5) or BART family (bart, mbart, pegasus, marian)"
+
+
+def load_failure(what: str, name, error: Exception) -> str:
+    """One line for a model that does not load: its unsupported kind when that is the cause, not
+    transformers' list of every model class (cut off mid-list on one line)."""
+    kind = _model_type(name)
+    if kind is not None and kind not in _LAYER_ATTRS:
+        return (f"{what} {name}: cannot load a seq2seq model from it: its model type is {kind!r}, and this tool "
+                f"distills encoder-decoder models of the {SUPPORTED_KINDS}; give such a model")
+    first = " ".join(str(error).split("Model type should be one of")[0].split())[:200] or type(error).__name__
+    return (f"{what} {name}: cannot load a seq2seq model or tokenizer from it ({first}); give a directory written "
+            f"by save_pretrained for a model of the {SUPPORTED_KINDS}")
+
+
+def _model_type(name) -> str | None:
+    """``model_type`` from a directory's (or the hub cache's) config.json; None if unreadable."""
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(str(name), local_files_only=True).model_type
+    except Exception:  # noqa: BLE001 - any failure just means "unknown kind"
+        return None
 
 
 # --------------------------------------------------------------------------- tokenizers

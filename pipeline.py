@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from config import Config, save_config, to_dict
+from config import Config, to_dict
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import attention_kwargs, build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
@@ -122,10 +122,29 @@ def commit_stage(run: Run, stage: Stage) -> None:
 
 
 def record_run(run: Run, what: str) -> None:
+    """Write the resolved config next to the results and log one summary line that names the file."""
     attach_log_file(run.log_file)
-    save_config(run.cfg, run.output_dir / "config.resolved.json")
-    log.info("%s in %s (device %s, precision %s); resolved config: %s", what, run.output_dir.resolve(), run.device,
-             run.precision.name, json.dumps(to_dict(run.cfg), separators=(",", ":")))
+    path = run.output_dir / "config.resolved.json"
+    resolved = to_dict(run.cfg)
+    for role in ("teacher", "student"):
+        if resolved[role]["init"] == "pretrained":
+            del resolved[role]["arch"]  # only models built from scratch (or shrunk) have one
+    path.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+    log.info("%s in %s (device %s, precision %s): teacher %s, student %s, data %s; resolved config in %s", what,
+             run.output_dir.resolve(), run.device, run.precision.name, _model_summary(run.cfg.teacher),
+             _model_summary(run.cfg.student), _data_summary(run.cfg.data), path.resolve())
+
+
+def _model_summary(m) -> str:
+    if m.init == "pretrained":
+        return m.name_or_path
+    a = m.arch
+    layers = f"{a.encoder_layers}+{a.decoder_layers} layers"
+    return f"{m.init} ({layers})" if m.init == "shrink" else f"{m.init} {a.type} (d_model {a.d_model}, {layers})"
+
+
+def _data_summary(d) -> str:
+    return d.train_file or d.dataset_name or f"synthetic {d.synthetic.task}"
 
 
 def _has_results(run_dir: Path, ckpt_dir: Path) -> bool:
@@ -196,9 +215,10 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
     check_positions(teacher, cfg, "teacher")
     check_positions(student, cfg, "student")
     if not same_vocabulary(s_tok, t_tok):
-        raise UserError("teacher and student tokenizers have different vocabularies, so their outputs cannot be "
-                        "compared token by token; give the student the teacher's tokenizer (student.tokenizer = "
-                        "teacher.tokenizer, or student.init shrink) or use cross-tokenizer distillation")
+        raise UserError("the teacher's and the student's tokenizers differ (different tokens or ids), so their "
+                        "outputs cannot be compared token by token, and cross-tokenizer distillation is not "
+                        "supported yet; give the student the teacher's tokenizer (student.tokenizer = "
+                        "teacher.tokenizer, or student.init shrink)")
     objective.vocab_size = len(s_tok)
     try:
         objective.bind(student.config, teacher.config)
@@ -260,8 +280,11 @@ def benchmark(cfg: Config, args, run: Run | None = None, sources: dict | None = 
     from benchmark.core import benchmark_examples
     run = run or start(cfg, args)
     check_reports_free(run)
+    if sources is None:  # benchmark mode: exactly the models given on the command line, when any is
+        given = {role: getattr(run.args, f"{role}_path", None) for role in ("teacher", "student")}
+        sources = {role: path for role, path in given.items() if path} or None
     models = []
-    for role in ("teacher", "student"):
+    for role in sources or ("teacher", "student"):
         found = resolve_model(run, role, (sources or {}).get(role))
         if found is not None:
             check_positions(found[0], cfg, role)
