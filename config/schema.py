@@ -280,7 +280,7 @@ class DistillConfig:
 
 # --------------------------------------------------------------------------- benchmark
 TEXT_METRICS = ("rouge", "bleu", "sacrebleu", "chrf")
-MODEL_METRICS = ("bertscore", "style_accuracy", "fluency", "content_preservation")
+MODEL_METRICS = ("bertscore", "style_accuracy", "fluency_perplexity", "content_preservation")
 
 
 @dataclass
@@ -312,8 +312,8 @@ class BenchmarkConfig:
     warmup_batches: int = doc("Untimed generation batches before timing.", 1)
     latency_samples: int = doc("Examples decoded one at a time (batch size 1) for latency p50/p95; 0 skips.", 20)
     metrics: list[str] = doc("Quality metrics: rouge, bleu, sacrebleu, chrf (reference-based); bertscore, and for "
-                             "detoxification style_accuracy, fluency, content_preservation (model-based: skipped with "
-                             "a note in the report when their model cannot be loaded).",
+                             "detoxification style_accuracy, fluency_perplexity, content_preservation (model-based: "
+                             "skipped with a note in the report when their model cannot be loaded).",
                              factory=lambda: ["rouge", "bleu", "sacrebleu", "chrf", "bertscore"])
     bertscore_model: str = doc("BERTScore model: a bert_score model name (hub) or a local directory.", "roberta-large")
     bertscore_layers: Optional[int] = doc("BERTScore layer (null: bert_score's tuned layer for the model).", None)
