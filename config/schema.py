@@ -251,7 +251,8 @@ class LossSpec:
     """One distillation term: ``weight * loss``. Loss-specific options go in ``params``-style
     extra keys (e.g. ``temperature``); ``distiller_zoo.build_loss`` validates them."""
 
-    name: str = doc("Loss name from distiller_zoo.LOSSES, e.g. 'vanilla_kl'.", "vanilla_kl")
+    name: str = doc("Loss name from distiller_zoo.LOSSES, e.g. 'vanilla_kl', or your own loss class as "
+                    "'my_pkg.my_module:MyLoss' (see the README's custom losses).", "vanilla_kl")
     weight: float = doc("Weight of this term in the total loss.", 1.0)
     params: dict = doc("Loss options, e.g. {temperature: 2.0}. Also accepted as keys beside name/weight.",
                        factory=dict)
