@@ -5,6 +5,7 @@ import torch
 from transformers import GenerationConfig
 
 from config import BenchmarkConfig
+from data_loader import Seq2SeqCollator
 
 
 def generation_config(cfg: BenchmarkConfig, model, tokenizer) -> GenerationConfig:
@@ -77,16 +78,17 @@ def _piece_ids(backend, pieces: list[str]) -> list[int]:
 def generate_texts(model, tokenizer, sources: list[str], *, prefix: str, max_source_length: int,
                    gen_config: GenerationConfig, batch_size: int, device, precision) -> tuple[list[str], int]:
     """Decode ``sources`` in batches sorted by length (less padding), returned in input order.
+    Inputs are encoded exactly as in training (the collator's ``encode_sources``).
 
     Returns the texts and the number of generated tokens (excluding padding)."""
     model.eval()
+    collator = Seq2SeqCollator(tokenizer, prefix, max_source_length, max_target_length=max_source_length)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     texts: list[str] = [""] * len(sources)
     n_tokens = 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        enc = tokenizer([prefix + sources[i] for i in idx], padding="longest", truncation=True,
-                        max_length=max_source_length, return_tensors="pt").to(device)
+        enc = {k: v.to(device) for k, v in collator.encode_sources([sources[i] for i in idx]).items()}
         with precision.autocast():
             out = model.generate(**enc, generation_config=gen_config)
         generated = out[:, 1:]  # position 0 is the decoder start token
