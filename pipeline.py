@@ -215,7 +215,7 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
     check_positions(teacher, cfg, "teacher")
     check_positions(student, cfg, "student")
     if not same_vocabulary(s_tok, t_tok):
-        raise UserError("the teacher's and the student's tokenizers differ (different tokens or ids), so their "
+        raise UserError("the teacher's and the student's tokenizers differ (different vocabularies), so their "
                         "outputs cannot be compared token by token, and cross-tokenizer distillation is not "
                         "supported yet; give the student the teacher's tokenizer (student.tokenizer = "
                         "teacher.tokenizer, or student.init shrink)")

@@ -70,13 +70,15 @@ _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_me
 
 
 def _child(job: dict) -> tuple[list[str], dict]:
-    from transformers import AutoModelForSeq2SeqLM
+    import transformers
     from models import tokenizer_from_path
+    transformers.utils.logging.set_verbosity_error()  # as in the parent: no progress bars per model
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(job["threads"])
     device = job["device"]
     gen = dict(job["gen"], device=device, precision=job["precision"])
     peak = PeakMemory(device)
-    model = AutoModelForSeq2SeqLM.from_pretrained(job["model_dir"]).to(device).eval()
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(job["model_dir"]).to(device).eval()
     tokenizer = tokenizer_from_path(job["model_dir"])
     sources = job["sources"]
     if job["warmup_batches"]:  # first calls pay for allocation and kernel selection
