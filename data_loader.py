@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from distiller_zoo.base import IGNORE_INDEX
 from utils import UserError, hub_host, hub_offline, hub_reachable, log, one_line
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
@@ -448,7 +449,7 @@ class Seq2SeqCollator:
         targets = [t for _, t in pairs]
         tgt = self._targets_with_eos(targets) if self.append_eos else \
             self._encode(targets, self.max_target_length, target=True)
-        batch["labels"] = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, -100)
+        batch["labels"] = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, IGNORE_INDEX)
         return batch
 
     def _targets_with_eos(self, texts: list[str]) -> dict:

@@ -5,6 +5,7 @@ import torch
 from transformers import GenerationConfig
 
 from config import BenchmarkConfig
+from data_loader import Seq2SeqCollator
 
 
 def generation_config(cfg: BenchmarkConfig, model, tokenizer) -> GenerationConfig:
@@ -16,11 +17,13 @@ def generation_config(cfg: BenchmarkConfig, model, tokenizer) -> GenerationConfi
     to decode correctly come from the model (decoder start, forced BOS/EOS)."""
     mc = model.generation_config
     kwargs = dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens, do_sample=False, min_length=0,
-                  length_penalty=cfg.length_penalty, early_stopping=cfg.num_beams > 1, repetition_penalty=1.0,
+                  repetition_penalty=1.0,
                   no_repeat_ngram_size=cfg.no_repeat_ngram_size, encoder_no_repeat_ngram_size=0,
                   decoder_start_token_id=model.config.decoder_start_token_id, eos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                   forced_bos_token_id=mc.forced_bos_token_id, forced_eos_token_id=mc.forced_eos_token_id)
+    if cfg.num_beams > 1:  # beam-only flags: transformers 5 refuses to save them on a greedy config
+        kwargs.update(length_penalty=cfg.length_penalty, early_stopping=True)
     bad = bad_words_ids(cfg.bad_phrases, tokenizer)
     if bad:
         kwargs["bad_words_ids"] = bad
@@ -31,33 +34,61 @@ def generation_config(cfg: BenchmarkConfig, model, tokenizer) -> GenerationConfi
 
 
 def bad_words_ids(phrases: list[str], tokenizer) -> list[list[int]]:
-    """Token id sequences for each blocked phrase, with and without a leading space.
+    """Token id sequences that block each phrase in its common case and spacing variants.
 
-    SentencePiece and byte-level BPE tokenize a word differently at the start of a text and
-    after a space; blocking both forms stops the phrase wherever it would appear."""
+    Case: as written, lower, UPPER, Title Case and Capitalized first word ("shut up", "SHUT UP",
+    "Shut Up", "Shut up"). Spacing: the phrase after a space (SentencePiece "▁shut", GPT-2
+    "Ġshut": how a word is tokenized mid-sentence) and glued to what precedes it (no marker:
+    "(shut", a sentence start for GPT-2). Each variant is tokenized once, as a tokenizer would
+    inside a text, so the same id sequence appears when a model generates it."""
     out = []
-    for phrase in phrases:
-        for text in (phrase, " " + phrase):
-            ids = tokenizer(text, add_special_tokens=False).input_ids
-            if ids and ids not in out:
-                out.append(ids)
+    for phrase in dict.fromkeys(p.strip() for p in phrases if p.strip()):
+        for text in case_variants(phrase):
+            for ids in _spacing_variants(text, tokenizer):
+                if ids and ids not in out:
+                    out.append(ids)
     return out
+
+
+def case_variants(phrase: str) -> list[str]:
+    """The phrase as written, lower, UPPER, Title Case and Capitalized first word, deduplicated."""
+    low = phrase.lower()
+    return list(dict.fromkeys([phrase, low, phrase.upper(), " ".join(w[:1].upper() + w[1:] for w in low.split()),
+                               low[:1].upper() + low[1:]]))
+
+
+def _spacing_variants(text: str, tokenizer) -> list[list[int]]:
+    """Ids of ``text`` after a space and glued to the previous text (fast tokenizers), else
+    the tokenizer's own encodings of "text" and " text"."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return [tokenizer(t, add_special_tokens=False).input_ids for t in (text, " " + text)]
+    normalized = backend.normalizer.normalize_str(" " + text) if backend.normalizer else " " + text
+    pieces = [p for p, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
+    spaced = [p for p in pieces if p]
+    glued = [spaced[0].lstrip(" ▁Ġ")] + spaced[1:]  # the first word without its space marker
+    return [_piece_ids(backend, ps) for ps in (spaced, glued if glued[0] else spaced)]
+
+
+def _piece_ids(backend, pieces: list[str]) -> list[int]:
+    return [t.id for piece in pieces for t in backend.model.tokenize(piece)]
 
 
 @torch.no_grad()
 def generate_texts(model, tokenizer, sources: list[str], *, prefix: str, max_source_length: int,
                    gen_config: GenerationConfig, batch_size: int, device, precision) -> tuple[list[str], int]:
     """Decode ``sources`` in batches sorted by length (less padding), returned in input order.
+    Inputs are encoded exactly as in training (the collator's ``encode_sources``).
 
     Returns the texts and the number of generated tokens (excluding padding)."""
     model.eval()
+    collator = Seq2SeqCollator(tokenizer, prefix, max_source_length, max_target_length=max_source_length)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     texts: list[str] = [""] * len(sources)
     n_tokens = 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        enc = tokenizer([prefix + sources[i] for i in idx], padding="longest", truncation=True,
-                        max_length=max_source_length, return_tensors="pt").to(device)
+        enc = {k: v.to(device) for k, v in collator.encode_sources([sources[i] for i in idx]).items()}
         with precision.autocast():
             out = model.generate(**enc, generation_config=gen_config)
         generated = out[:, 1:]  # position 0 is the decoder start token

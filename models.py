@@ -34,6 +34,8 @@ def from_hub(loader, name: str, what: str, **kwargs):
         return loader(name, local_files_only=True, **kwargs)
     except OSError:
         pass
+    except ValueError as e:  # cached, but not a model this tool can load
+        raise UserError(load_failure(what, name, e)) from None
     if hub_offline() or not hub_reachable():
         raise UserError(f"{what} {name!r} is not cached and the model hub cannot be reached (offline); "
                         f"download it on a connected machine and give its local directory instead")
@@ -50,13 +52,35 @@ def load_local(loader, path, what: str, **kwargs):
     try:
         return loader(str(path), **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: truncated or corrupt weights
-        first = one_line(e)
-        raise UserError(f"{what} {path}: cannot load a seq2seq model or tokenizer from it ({first}); give a "
-                        f"directory written by save_pretrained for a T5/BART-style model") from None
+        raise UserError(load_failure(what, path, e)) from None
+
+
+SUPPORTED_KINDS = "T5 family (t5, mt5, umt5) or BART family (bart, mbart, pegasus, marian)"
+
+
+def load_failure(what: str, name, error: Exception) -> str:
+    """One line for a model that does not load: its unsupported kind when that is the cause, not
+    transformers' list of every model class (cut off mid-list on one line)."""
+    kind = _model_type(name)
+    if kind is not None and kind not in _LAYER_ATTRS:
+        return (f"{what} {name}: cannot load a seq2seq model from it: its model type is {kind!r}, and this tool "
+                f"distills encoder-decoder models of the {SUPPORTED_KINDS}; give such a model")
+    first = " ".join(str(error).split("Model type should be one of")[0].split())[:200] or type(error).__name__
+    return (f"{what} {name}: cannot load a seq2seq model or tokenizer from it ({first}); give a directory written "
+            f"by save_pretrained for a model of the {SUPPORTED_KINDS}")
+
+
+def _model_type(name) -> str | None:
+    """``model_type`` from a directory's (or the hub cache's) config.json; None if unreadable."""
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(str(name), local_files_only=True).model_type
+    except Exception:  # noqa: BLE001 - any failure just means "unknown kind"
+        return None
 
 
 # --------------------------------------------------------------------------- tokenizers
-def load_tokenizer(cfg: TokenizerConfig, model_path: str | None, train_texts=None, save_dir: Path | None = None):
+def load_tokenizer(cfg: TokenizerConfig, model_path: str | None, train_texts=None):
     """The tokenizer a model config asks for, with a pad and an eos token guaranteed."""
     if cfg.train:
         if train_texts is None:
@@ -73,8 +97,6 @@ def load_tokenizer(cfg: TokenizerConfig, model_path: str | None, train_texts=Non
     if tok.eos_token is None:
         raise UserError(f"tokenizer {cfg.path or model_path}: it has no end-of-sequence token; "
                         f"a seq2seq model needs one (use a T5/BART tokenizer or tokenizer.train)")
-    if save_dir is not None:
-        tok.save_pretrained(save_dir)
     return tok
 
 
@@ -153,11 +175,17 @@ def same_vocabulary(a, b) -> bool:
 
 
 # --------------------------------------------------------------------------- models
+def attention_kwargs(attentions: bool) -> dict:
+    """Loader keywords for a model whose attention maps are needed: transformers 5's default sdpa
+    attention returns none, eager attention does."""
+    return {"attn_implementation": "eager"} if attentions else {}
+
+
 def build_model(cfg: ModelConfig, tokenizer, attentions: bool = False):
     """A seq2seq model: pretrained by name/path, or randomly initialised from ``cfg.arch``.
 
     ``attentions=True`` selects eager attention: transformers 5's sdpa returns no attention maps."""
-    attn = {"attn_implementation": "eager"} if attentions else {}
+    attn = attention_kwargs(attentions)
     if cfg.init == "pretrained":
         model = from_hub(AutoModelForSeq2SeqLM.from_pretrained, cfg.name_or_path, "model", **attn)
         check_vocab_fits(model, tokenizer, cfg.name_or_path)
@@ -254,21 +282,26 @@ def load_saved(path: str | Path, what: str, attentions: bool = False):
     if not (p / "config.json").is_file():
         raise UserError(f"{what} {path}: not a saved model directory (no config.json); give the directory "
                         f"written by train_teacher / distill_student (…/final)")
-    attn = {"attn_implementation": "eager"} if attentions else {}
+    attn = attention_kwargs(attentions)
     model = load_local(AutoModelForSeq2SeqLM.from_pretrained, p, what, **attn)
     tok = load_local(tokenizer_from_path, p, what)
     check_vocab_fits(model, tok, str(p))
     return model, tok
 
 
-def export(model, tokenizer, out_dir: Path) -> Path:
+def export(model, tokenizer, out_dir: Path, decoding=None) -> Path:
     """save_pretrained (safetensors) plus the tokenizer, loadable by the Auto classes.
+
+    ``decoding`` (a GenerationConfig, :func:`generation.generation_config`) becomes the saved
+    generation_config.json, so a plain ``model.generate(**inputs)`` decodes as the benchmark does.
 
     Written to a sibling temporary directory and renamed, so ``out_dir`` is never half written:
     its existence means the stage finished (``--resume_from_checkpoint auto`` relies on that)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if decoding is not None:
+        model.generation_config = decoding
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

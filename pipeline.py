@@ -16,7 +16,6 @@ would replace one trains into ``<role>.new`` beside it (``teacher.new/``,
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from config import Config, save_config, to_dict
 from config.schema import check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
-from models import build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
+from models import attention_kwargs, build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
 from utils import (UserError, attach_log_file, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed,
@@ -188,11 +187,26 @@ def replace_stage(run: Run, role: str) -> Path:
 
 
 def record_run(run: Run, what: str, save: bool = True) -> None:
+    """Write the resolved config next to the results and log one summary line that names the file."""
     attach_log_file(run.log_file)
+    path = run.output_dir / "config.resolved.json"
     if save:
-        save_config(run.cfg, run.output_dir / "config.resolved.json")
-    log.info("%s in %s (device %s, precision %s); resolved config: %s", what, run.output_dir.resolve(), run.device,
-             run.precision.name, json.dumps(to_dict(run.cfg), separators=(",", ":")))
+        save_config(run.cfg, path)
+    log.info("%s in %s (device %s, precision %s): teacher %s, student %s, data %s; resolved config in %s", what,
+             run.output_dir.resolve(), run.device, run.precision.name, _model_summary(run.cfg.teacher),
+             _model_summary(run.cfg.student), _data_summary(run.cfg.data), path.resolve())
+
+
+def _model_summary(m) -> str:
+    if m.init == "pretrained":
+        return m.name_or_path
+    a = m.arch
+    layers = f"{a.encoder_layers}+{a.decoder_layers} layers"
+    return f"{m.init} ({layers})" if m.init == "shrink" else f"{m.init} {a.type} (d_model {a.d_model}, {layers})"
+
+
+def _data_summary(d) -> str:
+    return d.train_file or d.dataset_name or f"synthetic {d.synthetic.task}"
 
 
 def _has_results(run_dir: Path, ckpt_dir: Path) -> bool:
@@ -265,9 +279,10 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     check_positions(teacher, cfg, "teacher")
     check_positions(student, cfg, "student")
     if not same_vocabulary(s_tok, t_tok):
-        raise UserError("teacher and student tokenizers have different vocabularies, so their outputs cannot be "
-                        "compared token by token; give the student the teacher's tokenizer (student.tokenizer = "
-                        "teacher.tokenizer, or student.init shrink) or use cross-tokenizer distillation")
+        raise UserError("the teacher's and the student's tokenizers differ (different vocabularies), so their "
+                        "outputs cannot be compared token by token, and cross-tokenizer distillation is not "
+                        "supported yet; give the student the teacher's tokenizer (student.tokenizer = "
+                        "teacher.tokenizer, or student.init shrink)")
     objective.vocab_size = len(s_tok)
     try:
         objective.bind(student.config, teacher.config)
@@ -281,7 +296,7 @@ def build_student(run: Run, teacher, t_tok, attentions: bool):
     """The student model and its tokenizer (the teacher's when shrinking or trained alike)."""
     s = run.cfg.student
     if s.init == "shrink":
-        attn = {"attn_implementation": "eager"} if attentions else {}
+        attn = attention_kwargs(attentions)
         return shrink_model(teacher, s.arch.encoder_layers, s.arch.decoder_layers, **attn), t_tok
     same_trained = s.tokenizer == run.cfg.teacher.tokenizer and s.tokenizer.train
     tok = t_tok if same_trained else load_tokenizer(s.tokenizer, s.name_or_path,
@@ -330,8 +345,11 @@ def benchmark(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = No
     from benchmark.core import benchmark_examples
     run = run or start(cfg, opts)
     check_reports_free(run)
+    if sources is None:  # benchmark mode: exactly the models given on the command line, when any is
+        given = {"teacher": run.opts.teacher_path, "student": run.opts.student_path}
+        sources = {role: path for role, path in given.items() if path} or None
     models = []
-    for role in ("teacher", "student"):
+    for role in sources or ("teacher", "student"):
         found = resolve_model(run, role, (sources or {}).get(role))
         if found is not None:
             check_positions(found[0], cfg, role)

@@ -407,7 +407,8 @@ class Trainer:
             self.model.load_state_dict(load_checkpoint_file(best)["weights"]["model"])
             log.info("%s: exporting the best model (step %d, %s %.4f)", self.job.role, self.state.best_step,
                      self.metric_for_best, self.state.best_metric)
-        final = export(self.model, self.tokenizer, self.job.run_dir / "final")
+        final = export(self.model, self.tokenizer, self.job.run_dir / "final",
+                       generation_config(self.job.generation, self.model, self.tokenizer))
         summary = {"role": self.job.role, "steps": self.state.step, "best_step": self.state.best_step,
                    "metric_for_best": self.metric_for_best, "best_metric": self.state.best_metric,
                    "validation": self.state.history, "resumes": self.state.resumes}

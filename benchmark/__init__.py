@@ -12,8 +12,11 @@ Comparisons (each candidate vs the teacher, the student vs other candidates): co
 ratio = reference params / model params, speedup = model samples/s / reference samples/s,
 retention % = model / reference x 100 for every quality metric.
 
-Modules: ``core`` (evaluation and comparison), ``measure`` (speed, memory, size,
-environment), ``report`` (the three files).
+Each model's speed, memory and predictions are measured in a process of its own.
+
+Modules: ``core`` (evaluation and comparison), ``quality`` (metrics, intervals, paired tests),
+``measure`` (speed, memory, size, environment; the per-model child process), ``report`` (the three
+files and the CSV's comparison columns), ``plots`` (the PNG figures).
 """
 from benchmark.core import BenchModel, compare, run_benchmark
 

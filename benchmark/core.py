@@ -2,23 +2,19 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from benchmark.measure import (
-    PeakMemory,
-    disk_mb,
-    environment,
-    latency,
-    timed_generation,
-)
+from benchmark.measure import disk_mb, environment, measure_in_child
 from benchmark.plots import write_plots
 from benchmark.quality import LOWER_IS_BETTER, intervals, paired, score
 from benchmark.report import write_reports
-from generation import generate_texts, generation_config
+from generation import generation_config
 from metrics import sacrebleu_signatures
 from utils import UserError, count_parameters, log
 
@@ -108,24 +104,31 @@ def evaluate_model(bm: BenchModel, examples, run) -> Evaluated:
 
 
 def _measure(bm: BenchModel, sources, run, record: dict) -> list[str]:
+    """Size here; speed, memory and the predictions in a process of the model's own."""
     cfg, data = run.cfg.benchmark, run.cfg.data
-    model = bm.model.to(run.device).eval()
-    gen_config = generation_config(cfg, model, bm.tokenizer)
+    gen_config = generation_config(cfg, bm.model, bm.tokenizer)
     record["generation_config"] = gen_config.to_diff_dict()
     gen = dict(prefix=data.prefix, max_source_length=data.max_source_length, gen_config=gen_config,
-               batch_size=cfg.batch_size, device=run.device, precision=run.precision)
-    if cfg.warmup_batches:  # first calls pay for allocation and kernel selection
-        generate_texts(model, bm.tokenizer, sources[:cfg.batch_size * cfg.warmup_batches], **gen)
-    with PeakMemory(run.device) as mem:
-        preds, speed = timed_generation(model, bm.tokenizer, sources, gen, run.device)
-    total, trainable = count_parameters(model)
-    record.update(params_total=total, params_trainable=trainable, size_on_disk_mb=disk_mb(model, bm.path),
-                  peak_memory_mb=mem.peak_mb, **speed,
-                  **latency(model, bm.tokenizer, sources, gen, run.device, cfg.latency_samples))
-    model.to("cpu")  # one model on the accelerator at a time
-    if run.device.type == "cuda":
-        torch.cuda.empty_cache()
+               batch_size=cfg.batch_size)
+    with _saved(bm) as directory:
+        preds, measured = measure_in_child(directory, sources, gen, run.device, run.precision, cfg.warmup_batches,
+                                           cfg.latency_samples)
+    total, trainable = count_parameters(bm.model)
+    record.update(params_total=total, params_trainable=trainable, size_on_disk_mb=disk_mb(bm.model, bm.path),
+                  **measured)
     return preds
+
+
+@contextmanager
+def _saved(bm: BenchModel):
+    """The model's directory, or a temporary copy for a model that has none (hub, random weights)."""
+    if bm.path is not None and (Path(bm.path) / "config.json").is_file():
+        yield Path(bm.path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        bm.model.save_pretrained(tmp, safe_serialization=True)
+        bm.tokenizer.save_pretrained(tmp)
+        yield Path(tmp)
 
 
 def _write_predictions(path: Path, examples, preds) -> None:

@@ -1,10 +1,10 @@
 """Speed, memory and size of one model: what a deployment decision needs besides quality."""
 from __future__ import annotations
 
-import os
+import gc
+import multiprocessing
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -48,48 +48,86 @@ def latency(model, tokenizer, sources, gen: dict, device, n: int) -> dict:
             "latency_samples": len(times)}
 
 
+# --------------------------------------------------------------------------- one model per process
+def measure_in_child(model_dir: Path, sources: list[str], gen: dict, device, precision, warmup_batches: int,
+                     latency_samples: int) -> tuple[list[str], dict]:
+    """Predictions, throughput, latency and peak memory of the model saved in ``model_dir``,
+    measured in a child process of its own, so that no other model, and no allocation left over
+    from one, is counted in its memory or slows it down.
+
+    The child forks from a server process that has imported torch and transformers but holds no
+    model (``forkserver``), so starting one costs milliseconds, not an interpreter start-up."""
+    ctx = multiprocessing.get_context(_START_METHOD)
+    if _START_METHOD == "forkserver":
+        ctx.set_forkserver_preload(["torch", "transformers", "benchmark.measure"])
+    job = dict(model_dir=str(model_dir), sources=sources, gen=gen, device=device, precision=precision,
+               threads=torch.get_num_threads(), warmup_batches=warmup_batches, latency_samples=latency_samples)
+    with ctx.Pool(1) as pool:
+        return pool.apply(_child, (job,))
+
+
+_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _child(job: dict) -> tuple[list[str], dict]:
+    import transformers
+    from models import tokenizer_from_path
+    transformers.utils.logging.set_verbosity_error()  # as in the parent: no progress bars per model
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(job["threads"])
+    device = job["device"]
+    gen = dict(job["gen"], device=device, precision=job["precision"])
+    peak = PeakMemory(device)
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(job["model_dir"]).to(device).eval()
+    tokenizer = tokenizer_from_path(job["model_dir"])
+    sources = job["sources"]
+    if job["warmup_batches"]:  # first calls pay for allocation and kernel selection
+        generate_texts(model, tokenizer, sources[:gen["batch_size"] * job["warmup_batches"]], **gen)
+    preds, speed = timed_generation(model, tokenizer, sources, gen, device)
+    speed["peak_memory_mb"] = peak.mb()
+    speed.update(latency(model, tokenizer, sources, gen, device, job["latency_samples"]))
+    return preds, speed
+
+
 class PeakMemory:
-    """Peak memory while the block runs: CUDA max allocated, or the process's peak resident set
-    size on CPU (sampled every 5 ms from /proc; a CPU figure includes the interpreter and every
-    loaded model, so compare models by it only within one run)."""
+    """The peak memory of this process since it was created, above what it held then.
+
+    CUDA: the allocator's peak (``max_memory_allocated``, reset at creation). CPU: the kernel's
+    high-water mark of the resident set (VmHWM, reset through /proc/self/clear_refs) minus the
+    resident set at creation; elsewhere the peak RSS (ru_maxrss) minus the RSS at creation."""
 
     def __init__(self, device):
-        self.device, self.peak_mb = device, None
-        self._stop = threading.Event()
+        self.device = device
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        except OSError:
+            pass
+        self.base = _rss_bytes("VmRSS")
 
-    def __enter__(self):
+    def mb(self) -> float:
         if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self._peak = _rss_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self._peak = max(self._peak, _rss_bytes())
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            self.peak_mb = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = round(max(self._peak, _rss_bytes()) / 2**20, 1)
-        return False
+            peak = _rss_bytes("VmHWM")
+        return round((peak - self.base) / 2**20, 1)
 
 
-def _rss_bytes() -> int:
+def _rss_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) from /proc/self/status; the peak RSS elsewhere."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:  # not Linux: the peak RSS of the whole process so far
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    scale = 1 if platform.system() == "Darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def disk_mb(model, path: Path | None) -> float:

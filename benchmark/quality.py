@@ -12,7 +12,7 @@ from metrics import (
     style_accuracy,
 )
 
-LOWER_IS_BETTER = ("perplexity",)  # left out of retention %, which assumes higher is better
+LOWER_IS_BETTER = ("fluency_perplexity",)  # left out of retention %, which assumes higher is better
 
 
 def text_groups(cfg: BenchmarkConfig) -> list[str]:
@@ -26,7 +26,7 @@ def model_metric_outcomes(cfg: BenchmarkConfig, sources, preds, references, devi
         "bertscore": lambda: bertscore(preds, references, cfg.bertscore_model, cfg.bertscore_layers, device=dev),
         "style_accuracy": lambda: style_accuracy(preds, cfg.style_classifier, toxic_label=cfg.toxic_label,
                                                  device=dev),
-        "fluency": lambda: fluency_perplexity(preds, cfg.fluency_model, device=dev),
+        "fluency_perplexity": lambda: fluency_perplexity(preds, cfg.fluency_model, device=dev),
         "content_preservation": lambda: content_preservation(sources, preds, cfg.bertscore_model,
                                                              cfg.bertscore_layers, device=dev),
     }

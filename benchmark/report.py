@@ -18,20 +18,41 @@ def metric_keys(results: dict) -> list[str]:
 
 
 def table_rows(results: dict) -> tuple[list[str], list[list]]:
-    """Models x (metrics, their CI bounds, size, speed): shared by the CSV and the text report."""
+    """The CSV: one row per model; columns: metrics with their interval bounds, size, speed, then
+    the model's comparisons (``vs_<reference>_*``, empty for a model that is not compared)."""
     metric_keys_ = metric_keys(results)
     header = ["model"]
     for k in metric_keys_:
         header += [k, f"{k}_ci_low", f"{k}_ci_high"]
     header += [*SIZE_KEYS, *SPEED_KEYS]
+    comp_header, comp_values = comparison_columns(results)
     rows = []
     for r in results["models"]:
         row = [r["name"]]
         for k in metric_keys_:
             low, high = r.get("ci", {}).get(k, (None, None))
             row += [r["metrics"].get(k), low, high]
-        rows.append(row + [r.get(k) for k in SIZE_KEYS + SPEED_KEYS])
-    return header, rows
+        row += [r.get(k) for k in SIZE_KEYS + SPEED_KEYS]
+        rows.append(row + [comp_values.get((r["name"], col)) for col in comp_header])
+    return header + comp_header, rows
+
+
+def comparison_columns(results: dict) -> tuple[list[str], dict]:
+    """Columns ``vs_<ref>_compression_ratio``, ``_size_ratio``, ``_speedup`` and per metric
+    ``vs_<ref>_<metric>_retention_pct``, ``_diff``, ``_diff_low``, ``_diff_high``, ``_p_value``;
+    values keyed by (model, column)."""
+    header, values = [], {}
+    for c in results["comparison"].values():
+        prefix = f"vs_{c['reference']}_"
+        cells = {f"{prefix}{k}": c[k] for k in ("compression_ratio", "size_ratio", "speedup")}
+        for k in metric_keys(results):
+            d = c.get("paired", {}).get(k, {})
+            cells.update({f"{prefix}{k}_retention_pct": c["retention_pct"].get(k), f"{prefix}{k}_diff":
+                          d.get("difference"), f"{prefix}{k}_diff_low": d.get("low"),
+                          f"{prefix}{k}_diff_high": d.get("high"), f"{prefix}{k}_p_value": d.get("p_value")})
+        header += [col for col in cells if col not in header]
+        values.update({(c["model"], col): v for col, v in cells.items()})
+    return header, values
 
 
 def write_reports(results: dict, out: Path) -> None:
@@ -54,8 +75,9 @@ def render_text(results: dict) -> str:
            "Decoding (same for every model): " + ", ".join(f"{k}={v}" for k, v in d.items()), "",
            f"Quality (0-100, {conf}% bootstrap interval in brackets)"]
     out += _aligned(_quality_cells(results)) + ["", "Size and speed"] + _aligned(_speed_cells(results))
+    scores = {r["name"]: r["metrics"] for r in results["models"]}
     for name, comp in results["comparison"].items():
-        out += ["", f"{name}"] + _comparison_lines(comp, conf)
+        out += ["", f"{name}"] + _comparison_lines(comp, conf, scores[comp["reference"]])
     notes = results.get("notes", [])
     if notes:
         out += ["", "Notes"] + [f"  - {n}" for n in notes]
@@ -81,16 +103,23 @@ def _speed_cells(results):
     return [["model", *keys]] + [[r["name"], *(fmt(r.get(k)) for k in keys)] for r in results["models"]]
 
 
-def _comparison_lines(c: dict, conf: int) -> list[str]:
+def _comparison_lines(c: dict, conf: int, reference_scores: dict) -> list[str]:
     lines = [f"  compression ratio (params of {c['reference']} / params of {c['model']}): {fmt(c['compression_ratio'])}x",
              f"  size on disk ratio: {fmt(c['size_ratio'])}x",
              f"  speedup (samples/s of {c['model']} / samples/s of {c['reference']}): {fmt(c['speedup'])}x",
              f"  retention % ({c['model']} / {c['reference']} x 100) and paired difference "
              f"({c['model']} - {c['reference']}, {conf}% interval):"]
-    for k, pct in c["retention_pct"].items():
+    for k in dict.fromkeys([*c["retention_pct"], *c.get("paired", {})]):
+        pct = c["retention_pct"].get(k)
+        if k not in c["retention_pct"]:
+            shown = "n/a (lower is better)"
+        elif pct is None:
+            shown = f"n/a ({c['reference']} scores {fmt(reference_scores.get(k))})"
+        else:
+            shown = fmt(pct)
         diff = c.get("paired", {}).get(k)
         extra = f"   diff {fmt(diff['difference'])} [{fmt(diff['low'])}, {fmt(diff['high'])}]" if diff else ""
-        lines.append(f"    {k:<18} {fmt(pct):>8}{extra}")
+        lines.append(f"    {k:<18} {shown:>8}{extra}")
     return lines
 
 

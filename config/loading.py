@@ -329,4 +329,9 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")
+    """The resolved config as JSON; a pretrained model's scratch ``arch`` block, which does not apply, is left out."""
+    resolved = to_dict(cfg)
+    for role in ("teacher", "student"):
+        if resolved[role]["init"] == "pretrained":
+            del resolved[role]["arch"]
+    atomic_write_text(Path(path), json.dumps(resolved, indent=2) + "\n")

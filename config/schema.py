@@ -267,7 +267,8 @@ class LossSpec:
     """One distillation term: ``weight * loss``. Loss-specific options go in ``params``-style
     extra keys (e.g. ``temperature``); ``distiller_zoo.build_loss`` validates them."""
 
-    name: str = doc("Loss name from distiller_zoo.LOSSES, e.g. 'vanilla_kl'.", "vanilla_kl")
+    name: str = doc("Loss name from distiller_zoo.LOSSES, e.g. 'vanilla_kl', or your own loss class as "
+                    "'my_pkg.my_module:MyLoss' (see the README's custom losses).", "vanilla_kl")
     weight: float = doc("Weight of this term in the total loss.", 1.0)
     params: dict = doc("Loss options, e.g. {temperature: 2.0}. Also accepted as keys beside name/weight.",
                        factory=dict)
@@ -305,7 +306,7 @@ class DistillConfig:
 
 # --------------------------------------------------------------------------- benchmark
 TEXT_METRICS = ("rouge", "bleu", "sacrebleu", "chrf")
-MODEL_METRICS = ("bertscore", "style_accuracy", "fluency", "content_preservation")
+MODEL_METRICS = ("bertscore", "style_accuracy", "fluency_perplexity", "content_preservation")
 
 
 @dataclass
@@ -340,8 +341,8 @@ class BenchmarkConfig:
     warmup_batches: int = doc("Untimed generation batches before timing.", 1)
     latency_samples: int = doc("Examples decoded one at a time (batch size 1) for latency p50/p95; 0 skips.", 20)
     metrics: list[str] = doc("Quality metrics: rouge, bleu, sacrebleu, chrf (reference-based); bertscore, and for "
-                             "detoxification style_accuracy, fluency, content_preservation (model-based: skipped with "
-                             "a note in the report when their model cannot be loaded).",
+                             "detoxification style_accuracy, fluency_perplexity, content_preservation (model-based: "
+                             "skipped with a note in the report when their model cannot be loaded).",
                              factory=lambda: ["rouge", "bleu", "sacrebleu", "chrf", "bertscore"])
     bertscore_model: str = doc("BERTScore model: a bert_score model name (hub) or a local directory.", "roberta-large")
     bertscore_layers: Optional[int] = doc("BERTScore layer (null: bert_score's tuned layer for the model).", None)

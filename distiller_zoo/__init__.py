@@ -1,7 +1,7 @@
 """distiller_zoo: pluggable distillation losses, chosen by name in the config.
 
 Every loss is listed in :data:`LOSSES` (config name -> class); nothing registers itself
-on import. Use one in your own loop::
+on import. A user's own loss is named by its import path, ``"my_pkg.my_module:MyLoss"``. Use one in your own loop::
 
     from distiller_zoo import VanillaKL
     kd = VanillaKL(temperature=2.0)
@@ -9,13 +9,16 @@ on import. Use one in your own loop::
     s_out = student(input_ids=..., attention_mask=..., decoder_input_ids=...)
     with torch.no_grad():
         t_out = teacher(input_ids=..., attention_mask=..., decoder_input_ids=...)
-    loss = kd(s_out, t_out, labels) / (labels != -100).sum()   # losses return sums
+    loss = kd(s_out, t_out, labels) / (labels != IGNORE_INDEX).sum()   # losses return sums
 
 :class:`Objective` combines cross-entropy and weighted losses as the trainer does.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import sys
 
 from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, gather_target_logits
 from distiller_zoo.logit import GeneralizedJSD, ReverseKL, SkewKL, SkewReverseKL, TotalVariation, VanillaKL
@@ -41,11 +44,38 @@ class LossConfigError(ValueError):
     """A loss name or option in the config is wrong."""
 
 
+def loss_class(name: str) -> type[DistillationLoss]:
+    """The class for a config name: a key of :data:`LOSSES`, or ``"package.module:Class"`` for a
+    user's own loss (a subclass of :class:`DistillationLoss` or :class:`LogitLoss`)."""
+    if ":" not in name:
+        if name not in LOSSES:
+            raise LossConfigError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}, or your own "
+                                  f"class as 'my_pkg.my_module:MyLoss'")
+        return LOSSES[name]
+    module_name, _, attr = name.partition(":")
+    if os.getcwd() not in sys.path:  # `python main.py` puts the project on sys.path, not the working directory
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any failure while importing the user's module is a config problem
+        first = (str(e).splitlines() or [""])[0]
+        raise LossConfigError(f"loss {name!r}: cannot import module {module_name!r} ({type(e).__name__}: {first}); "
+                              f"put it in the working directory or on PYTHONPATH") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise LossConfigError(f"loss {name!r}: module {module_name!r} has no {attr!r}")
+    if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
+        raise LossConfigError(f"loss {name!r}: {attr} must be a class subclassing distiller_zoo.DistillationLoss "
+                              f"(or LogitLoss); see the README's custom losses section")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise LossConfigError(f"loss {name!r}: {attr} does not implement {missing}")
+    return cls
+
+
 def build_loss(name: str, params: dict | None = None) -> DistillationLoss:
-    """Instantiate the loss registered as ``name`` with keyword options ``params``."""
-    if name not in LOSSES:
-        raise LossConfigError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
-    cls = LOSSES[name]
+    """Instantiate the loss ``name`` (see :func:`loss_class`) with keyword options ``params``."""
+    cls = loss_class(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params or {}) - set(accepted))
     if unknown:
@@ -57,6 +87,7 @@ def build_loss(name: str, params: dict | None = None) -> DistillationLoss:
         raise LossConfigError(f"loss {name!r}: {e}") from None
 
 
-__all__ = ["LOSSES", "build_loss", "LossConfigError", "Objective", "cross_entropy_sum", "DistillationLoss",
-           "LogitLoss", "VanillaKL", "ReverseKL", "GeneralizedJSD", "TotalVariation", "SkewKL", "SkewReverseKL",
-           "HiddenMSE", "HiddenCosine", "AttentionKL", "AttentionMSE", "gather_target_logits", "IGNORE_INDEX"]
+__all__ = ["LOSSES", "build_loss", "loss_class", "LossConfigError", "Objective", "cross_entropy_sum",
+           "DistillationLoss", "LogitLoss", "VanillaKL", "ReverseKL", "GeneralizedJSD", "TotalVariation", "SkewKL",
+           "SkewReverseKL", "HiddenMSE", "HiddenCosine", "AttentionKL", "AttentionMSE", "gather_target_logits",
+           "IGNORE_INDEX"]

@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, upcast
-from distiller_zoo.layers import check_layers, check_stacks, layer_pairs, model_dims
+from distiller_zoo.base import upcast
+from distiller_zoo.layers import LayerPairLoss
 
 
-class HiddenStateLoss(DistillationLoss):
-    """Base of the hidden-state losses: layer mapping, width projection, masking.
+class HiddenStateLoss(LayerPairLoss):
+    """Base of the hidden-state losses: width projection on top of :class:`LayerPairLoss`.
 
     For every configured stack (``encoder``: source positions where ``attention_mask`` is 1;
-    ``decoder``: target positions where ``labels != -100``) and every layer pair (s, t)::
+    ``decoder``: target positions where ``labels != IGNORE_INDEX``) and every layer pair (s, t)::
 
         loss = sum_{positions} d(W h_s, h_t)
 
@@ -26,53 +26,30 @@ class HiddenStateLoss(DistillationLoss):
     """
 
     requires = frozenset({"hidden_states"})
+    KINDS = {"encoder": "encoder", "decoder": "decoder"}
 
     def __init__(self, stacks="all", layers="uniform"):
-        super().__init__()
-        self.stacks = check_stacks(stacks, ("encoder", "decoder"), "stacks")
-        self.layers = check_layers(layers)
-        self.pairs: dict[str, list[tuple[int, int]]] = {}
+        super().__init__(stacks, layers, "stacks")
+        self.stacks = self.kinds
         self.projections = nn.ModuleDict()
 
-    def bind(self, student_config, teacher_config) -> None:
-        s, t = model_dims(student_config), model_dims(teacher_config)
-        counts = {"encoder": (s.encoder_layers, t.encoder_layers), "decoder": (s.decoder_layers, t.decoder_layers)}
-        self.pairs = {st: layer_pairs(self.layers, *counts[st], f"the {st}") for st in self.stacks}
+    def bind_dims(self, s, t) -> None:
         if s.hidden != t.hidden:
             for st, pairs in self.pairs.items():
                 for i, j in pairs:
                     self.projections[f"{st}_{i}_{j}"] = nn.Linear(s.hidden, t.hidden, bias=False)
 
-    def forward(self, student_out, teacher_out, labels, attention_mask=None):
-        if not self.pairs:
-            raise RuntimeError(f"{type(self).__name__}.bind(student_config, teacher_config) was not called")
-        total = torch.zeros((), device=labels.device)
-        for stack, pairs in self.pairs.items():
-            s_states = getattr(student_out, f"{stack}_hidden_states")
-            t_states = getattr(teacher_out, f"{stack}_hidden_states")
-            mask = _positions(stack, labels, attention_mask)
-            for i, j in pairs:
-                hs, ht = upcast(s_states[i][mask]), upcast(t_states[j][mask])
-                key = f"{stack}_{i}_{j}"
-                if key in self.projections:
-                    hs = upcast(self.projections[key](hs))
-                total = total + self.position_losses(hs, ht).sum()
-        return total
+    def pair_loss(self, kind, i, j, student_out, teacher_out, mask):
+        hs = upcast(getattr(student_out, f"{kind}_hidden_states")[i][mask])
+        ht = upcast(getattr(teacher_out, f"{kind}_hidden_states")[j][mask])
+        key = f"{kind}_{i}_{j}"
+        if key in self.projections:
+            hs = upcast(self.projections[key](hs))
+        return self.position_losses(hs, ht).sum()
 
     @abstractmethod
     def position_losses(self, hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
         """``[N, d]`` student (projected) and teacher states -> ``[N]``."""
-
-    def describe(self) -> str:
-        return f"{type(self).__name__}({'+'.join(self.stacks)}, layers={self.layers})"
-
-
-def _positions(stack: str, labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    if stack == "decoder":
-        return labels != IGNORE_INDEX
-    if attention_mask is None:
-        raise ValueError("encoder-side losses need the source attention_mask")
-    return attention_mask.bool()
 
 
 class HiddenMSE(HiddenStateLoss):

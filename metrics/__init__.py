@@ -23,7 +23,6 @@ from metrics.bertscore import BERTSCORE_KEYS, bertscore
 from metrics.bootstrap import bootstrap_ci, metric_statistics, paired_bootstrap
 from metrics.core import (BLEU_KEYS, METRIC_GROUPS, ROUGE_TYPES, bleu_tokenize, compute_metrics, per_example_scores,
                           reference_streams, sacrebleu_signatures, split_sentences)
-from metrics.core import _signature  # noqa: F401 - kept reachable as metrics._signature (tests use it)
 from metrics.detox import content_preservation, fluency_perplexity, style_accuracy
 from metrics.results import MetricOutcome, MetricResult, MetricSkipped, clear_model_cache
 

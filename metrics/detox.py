@@ -11,7 +11,7 @@ loaded, :class:`MetricSkipped` with the reason (see :mod:`metrics.results`).
 * :func:`fluency_perplexity`: a causal LM (GPT-2 style). Per prediction,
   PPL = exp(mean over its tokens of -log p(token | BOS, earlier tokens)); the BOS (or EOS)
   token is given as context and not scored, so every token of the text is scored.
-  ``perplexity`` is the mean of the per-prediction PPLs (lower is more fluent; not on a
+  ``fluency_perplexity`` is the mean of the per-prediction PPLs (lower is more fluent; not on a
   0-100 scale). Empty predictions have no tokens: they are excluded and counted in notes.
 * :func:`content_preservation`: BERTScore F1 (x 100) between each source and its output.
 """
@@ -129,9 +129,9 @@ def _perplexities(lm: _Loaded, texts: Sequence[str], batch_size: int, device: st
 
 def fluency_perplexity(predictions: Sequence[str], lm_path_or_name: str = DEFAULT_FLUENCY_LM,
                        batch_size: int = 16, device: str = "cpu") -> MetricOutcome:
-    """``perplexity`` = mean over non-empty predictions of exp(mean token NLL) under a causal LM.
+    """``fluency_perplexity`` = mean over non-empty predictions of exp(mean token NLL) under a causal LM.
 
-    ``per_example["perplexity"]`` has ``None`` for the excluded empty predictions.
+    ``per_example["fluency_perplexity"]`` has ``None`` for the excluded empty predictions.
     """
     name = "fluency_perplexity"
     try:
@@ -148,8 +148,8 @@ def fluency_perplexity(predictions: Sequence[str], lm_path_or_name: str = DEFAUL
     for i, v in zip(kept, ppl):
         per[i] = v
     empty = len(predictions) - len(kept)
-    notes = (f"perplexity: {empty} empty prediction(s) excluded",) if empty else ()
-    return MetricResult(name, {"perplexity": sum(ppl) / len(ppl)}, {"perplexity": per}, notes, signature=lm_path_or_name)
+    notes = (f"{name}: {empty} empty prediction(s) excluded",) if empty else ()
+    return MetricResult(name, {name: sum(ppl) / len(ppl)}, {name: per}, notes, signature=lm_path_or_name)
 
 
 # --------------------------------------------------------------------------- content

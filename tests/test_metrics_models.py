@@ -151,22 +151,22 @@ def test_style_accuracy_extremes_and_labels(tiny_classifiers):
 def test_perplexity_equals_exp_mean_nll(tiny_gpt2):
     text = "The cat sat on the mat."
     out = fluency_perplexity([text], tiny_gpt2)
-    assert out.ok and set(out.scores) == {"perplexity"}
-    assert out.per_example["perplexity"][0] == pytest.approx(_direct_perplexity(tiny_gpt2, text), rel=1e-4)
-    assert 1 < out.scores["perplexity"] < 50257 * 10  # a random model: around the vocabulary size
+    assert out.ok and set(out.scores) == {"fluency_perplexity"}
+    assert out.per_example["fluency_perplexity"][0] == pytest.approx(_direct_perplexity(tiny_gpt2, text), rel=1e-4)
+    assert 1 < out.scores["fluency_perplexity"] < 50257 * 10  # a random model: around the vocabulary size
 
 
 def test_perplexity_batching_and_empty_predictions(tiny_gpt2):
     texts = ["Hello.", "", "A much longer sentence that pads every other one in its batch.", "  ", "Short one"]
     out = fluency_perplexity(texts, tiny_gpt2, batch_size=8)
-    per = out.per_example["perplexity"]
+    per = out.per_example["fluency_perplexity"]
     assert per[1] is None and per[3] is None
     for i in (0, 2, 4):  # padding in a batch does not change a sentence's perplexity
-        assert per[i] == pytest.approx(fluency_perplexity([texts[i]], tiny_gpt2).per_example["perplexity"][0], rel=1e-4)
-    assert out.scores["perplexity"] == pytest.approx((per[0] + per[2] + per[4]) / 3)
-    assert out.notes == ("perplexity: 2 empty prediction(s) excluded",)
+        assert per[i] == pytest.approx(fluency_perplexity([texts[i]], tiny_gpt2).per_example["fluency_perplexity"][0], rel=1e-4)
+    assert out.scores["fluency_perplexity"] == pytest.approx((per[0] + per[2] + per[4]) / 3)
+    assert out.notes == ("fluency_perplexity: 2 empty prediction(s) excluded",)
     ci = bootstrap_ci(texts, [["x"]] * 5, groups="chrf", n_resamples=100, per_example=out.per_example)
-    assert ci["perplexity"][0] <= out.scores["perplexity"] <= ci["perplexity"][1]
+    assert ci["fluency_perplexity"][0] <= out.scores["fluency_perplexity"] <= ci["fluency_perplexity"][1]
     none = fluency_perplexity(["", " "], tiny_gpt2)
     assert isinstance(none, MetricSkipped) and "every prediction is empty" in none.reason
 

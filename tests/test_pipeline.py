@@ -226,7 +226,7 @@ def test_detox_metrics_bertscore_and_intervals_in_the_reports(pipeline_run, tmp_
     """The detoxification recipe's metrics through the CLI, with tiny local scorer models."""
     cfg, out = pipeline_run
     data = json.loads(cfg.read_text())
-    data["benchmark"].update(metrics=["rouge", "sacrebleu", "bertscore", "style_accuracy", "fluency",
+    data["benchmark"].update(metrics=["rouge", "sacrebleu", "bertscore", "style_accuracy", "fluency_perplexity",
                                       "content_preservation"], bertscore_model=tiny_bert, bertscore_layers=2,
                              style_classifier=tiny_classifiers["random"], fluency_model=tiny_gpt2,
                              bootstrap_samples=200, baselines=[])
@@ -237,21 +237,21 @@ def test_detox_metrics_bertscore_and_intervals_in_the_reports(pipeline_run, tmp_
                  "--teacher_path", str(out / "teacher/final"), "--student_path", str(out / "student/final")]) == 0
     results = json.loads((bench / "benchmark_results.json").read_text())
     teacher, student = results["models"]
-    expected = {"rouge1", "sacrebleu", "bertscore_f1", "style_accuracy", "style_nontoxic_pct", "perplexity",
+    expected = {"rouge1", "sacrebleu", "bertscore_f1", "style_accuracy", "style_nontoxic_pct", "fluency_perplexity",
                 "content_preservation"}
     assert expected <= set(teacher["metrics"])
     # the 6-step student may say nothing at all: perplexity is then undefined, and the report says so
-    assert expected - {"perplexity"} <= set(student["metrics"])
+    assert expected - {"fluency_perplexity"} <= set(student["metrics"])
     assert all("empty" in n for n in results["notes"]), results["notes"]
     for key, (low, high) in student["ci"].items():
         assert low <= student["metrics"][key] + 1e-6 and student["metrics"][key] <= high + 1e-6, key
     comp = results["comparison"]["student vs teacher"]
-    assert "perplexity" not in comp["retention_pct"]           # lower is better: no retention %
+    assert "fluency_perplexity" not in comp["retention_pct"]           # lower is better: no retention %
     assert set(comp["paired"]) == set(student["ci"])            # every metric gets a paired test
     assert all(-100 <= d["difference"] <= 100 and d["low"] <= d["high"] for k, d in comp["paired"].items()
-               if k != "perplexity")
+               if k != "fluency_perplexity")
     header = next(csv.reader((bench / "comparison_table.csv").open()))
-    assert {"bertscore_f1_ci_low", "perplexity_ci_high", "style_accuracy"} <= set(header)
+    assert {"bertscore_f1_ci_low", "fluency_perplexity_ci_high", "style_accuracy"} <= set(header)
 
 
 def test_unavailable_scorer_models_are_skipped_with_a_note(pipeline_run, tmp_path):
