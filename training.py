@@ -23,13 +23,13 @@ from transformers import get_scheduler
 from checkpoints import (config_differences, load_checkpoint_file, rng_state, save_checkpoint_file,
                          set_rng_state)
 from config import BenchmarkConfig, OptimConfig
-from data_loader import Example, Seq2SeqCollator
+from data_loader import Example, Seq2SeqCollator, length_grouped_batches, padding_fraction
 from distiller_zoo import Objective, cross_entropy_sum
 from generation import generate_texts, generation_config
 from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, log
 
 # Settings that fix which batches each step sees; a resume must keep them.
-_SCHEDULE_KEYS = ("batch_size", "gradient_accumulation_steps")  # total steps are compared separately
+_SCHEDULE_KEYS = ("batch_size", "gradient_accumulation_steps", "group_by_length")  # total steps are compared separately
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
 
 
@@ -103,14 +103,26 @@ class Trainer:
     def window_batches(self, epoch: int, window: int) -> list[list[tuple[str, str]]]:
         """The micro-batches (lists of pairs) of one accumulation window; order fixed by (seed, epoch)."""
         if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(self.job.seed * 1000 + epoch)
-            perm = torch.randperm(len(self.job.train_pairs), generator=g).tolist()
-            self._order = (epoch, perm)
-        bs, accum = self.job.optim.batch_size, self.job.optim.gradient_accumulation_steps
-        perm = self._order[1]
+            self._order = (epoch, self._epoch_batches(epoch))
+        accum = self.job.optim.gradient_accumulation_steps
         first = window * accum
         last = min(first + accum, self.micro_batches)
-        return [[self.job.train_pairs[i] for i in perm[m * bs:(m + 1) * bs]] for m in range(first, last)]
+        return [[self.job.train_pairs[i] for i in b] for b in self._order[1][first:last]]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """A (seed, epoch)-shuffled order cut into micro-batches, grouped by length when configured."""
+        job, bs = self.job, self.job.optim.batch_size
+        g = torch.Generator().manual_seed(job.seed * 1000 + epoch)
+        perm = torch.randperm(len(job.train_pairs), generator=g).tolist()
+        plain = [perm[i:i + bs] for i in range(0, len(perm), bs)]
+        if not job.optim.group_by_length:
+            return plain
+        lengths = job.collator.lengths(job.train_pairs)  # tokenizes every pair, once per run
+        grouped = length_grouped_batches(perm, lengths, bs, g)
+        if self._order is None:
+            log.info("%s: length-grouped batches: padding %.1f%% of the token slots instead of %.1f%%", job.role,
+                     100 * padding_fraction(grouped, lengths), 100 * padding_fraction(plain, lengths))
+        return grouped
 
     # ------------------------------------------------------------------ loop
     def train(self, resume: Path | None = None) -> Path:

@@ -185,6 +185,9 @@ class OptimConfig:
     batch_size: int = doc("Micro-batch size (examples per forward pass).", 16)
     eval_batch_size: int = doc("Batch size for validation.", 32)
     gradient_accumulation_steps: int = doc("Micro-batches per optimizer step.", 1)
+    group_by_length: bool = doc("Batch pairs of similar length together (within a (seed, epoch)-shuffled order, "
+                                "batches in random order) to cut padding; the log shows the padding before "
+                                "and after.", True)
     learning_rate: float = doc("Peak learning rate of AdamW.", 5e-4)
     weight_decay: float = doc("AdamW weight decay (not applied to biases and norms).", 0.01)
     adam_betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
