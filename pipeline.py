@@ -23,6 +23,7 @@ from config import Config, save_config, to_dict
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
+from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
 from utils import (UserError, attach_log_file, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed,
@@ -205,6 +206,8 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
     except ValueError as e:
         raise UserError(f"distill.losses: {e}") from None
     job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher)
+    if cfg.distill.pseudo_labels is not None:  # sequence-level KD: the teacher's outputs are the data
+        job.train_pairs = pseudo_label_pairs(run, teacher.to(run.device), t_tok)
     return run_stage(run, stage, Trainer(job, student, s_tok))
 
 

@@ -411,6 +411,22 @@ def _one_line(e: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def unlabeled_sources(cfg) -> list[str]:
+    """The distinct non-blank sources of ``data.unlabeled_file`` (a transfer set without references)."""
+    if not cfg.unlabeled_file:
+        return []
+    path, column = cfg.unlabeled_file, cfg.unlabeled_column or cfg.source_column
+    df = read_table(path, cfg.format, cfg.encoding, key="data.unlabeled_file")
+    name = f"data.unlabeled_file {path}"
+    _check_columns(df, name, column, [], ("data.unlabeled_column", "data.unlabeled_column"))
+    sources = list(dict.fromkeys(t for v in df[column].tolist() for t in _texts(v)))
+    if not sources:
+        raise UserError(f"{name}: every value of the column {column!r} is empty ({len(df):,} rows); "
+                        f"check data.unlabeled_column")
+    log.info(f"{name}: {len(sources):,} distinct sources from {len(df):,} rows")
+    return sources
+
+
 # --------------------------------------------------------------------------- training pairs
 def training_pairs(examples: list[Example], all_references: bool) -> list[tuple[str, str]]:
     """(source, target) pairs: one per reference, or only the first reference of each example."""
