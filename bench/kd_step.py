@@ -176,11 +176,13 @@ def project_step(student, teacher, vocab: int, options: dict):
     tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1, "__len__": lambda self: vocab})()
     state = {}
     tmp = Path(tempfile.mkdtemp(prefix="kd_bench_"))
+    has_chunks = "chunk_size" in {f.name for f in dataclasses.fields(TrainJob)}  # the fused path is merged
+    extra = {"chunk_size": distill.chunk_size} if has_chunks else {}
     job = TrainJob(role="student", optim=OptimConfig(max_steps=10_000, batch_size=1, max_grad_norm=None,
                                                      warmup_ratio=0.0, learning_rate=1e-4),
                    train_pairs=[("", "")], val_examples=[], collator=lambda pairs: state["batch"], run_dir=tmp,
-                   checkpoint_dir=tmp, device=torch.device("cpu"), precision=resolve_precision("fp32", torch.device("cpu")),
-                   seed=0, config={}, generation=BenchmarkConfig(), objective=objective, teacher=teacher)
+                   checkpoint_dir=tmp, device=torch.device("cpu"),
+                   precision=resolve_precision("fp32", torch.device("cpu")), seed=0, config={}, generation=BenchmarkConfig(), objective=objective, teacher=teacher, **extra)
     trainer = Trainer(job, student, tok)
     student.train()
 
@@ -316,7 +318,8 @@ def print_table(shape, vocab, dims, rows) -> None:
     print(f"\n{shape}: V={vocab}, (B, S, T)={dims}, fp32; median [min-max] of the timed steps")
     base = {k: statistics.median(rows[k]["times"]) for k in ("ce", "teacher_forward") if "times" in rows.get(k, {})}
     floor = sum(base.values()) if len(base) == 2 else None
-    print(f"  {'implementation':28s} {'step s':>8s} {'spread':>15s} {'x CE':>6s} {'x floor':>8s} {'extra MB':>9s} max load")
+    print(f"  {'implementation':28s} {'step s':>8s} {'spread':>15s} {'x CE':>6s} {'x floor':>8s} {'extra MB':>9s} "
+          f"max load")
     for name, r in rows.items():
         if "error" in r:
             print(f"  {name:28s} failed: {r['error']}")
