@@ -25,6 +25,9 @@ from checkpoints import (config_differences, load_checkpoint_file, rng_state, sa
 from config import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator, length_grouped_batches, padding_fraction
 from distiller_zoo import Objective, cross_entropy_sum
+from distiller_zoo.fused import fused_logit_objective
+from distiller_zoo.heads import decoder_states, lm_head
+from distiller_zoo.teacher import teacher_source
 from generation import generate_texts, generation_config
 from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, log
 
@@ -62,15 +65,17 @@ class TrainJob:
     config: dict                    # resolved config, stored in checkpoints
     generation: BenchmarkConfig     # decoding for generation metrics during validation
     objective: Objective | None = None
-    teacher: torch.nn.Module | None = None
+    teacher: object | None = None   # a teacher source (distiller_zoo.teacher), or a bare model (run live)
+    chunk_size: int = 1024          # target positions per chunk of the fused loss; 0 = full logits
 
 
 class Trainer:
     def __init__(self, job: TrainJob, model, tokenizer):
         self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
         self.objective = job.objective.to(job.device) if job.objective else None
-        if job.teacher is not None:
-            job.teacher.to(job.device).eval().requires_grad_(False)
+        self.teacher = teacher_source(job.teacher, len(tokenizer))
+        if self.teacher is not None:
+            self.teacher.to(job.device)
         o = job.optim
         self.micro_batches = math.ceil(len(job.train_pairs) / o.batch_size)
         self.windows_per_epoch = math.ceil(self.micro_batches / o.gradient_accumulation_steps)
@@ -222,15 +227,21 @@ class Trainer:
                         f"or use precision bf16 (or fp32) instead of fp16")
 
     def loss_sums(self, batch: dict):
-        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens."""
+        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens.
+
+        The student's logits are never materialised whole: CE and the logit losses run chunk by
+        chunk from its final decoder states (distiller_zoo.fused); the teacher answers through
+        the seam (live, cached, ...), whichever kind it is."""
         need = self.objective.requires if self.objective is not None else frozenset()
-        out = self._forward(self.model, batch, need)
+        out, hidden = decoder_states(self.model, batch, need)
+        head = lm_head(self.model, len(self.tokenizer))
+        labels = batch["labels"]
         if self.objective is None:
-            ce = cross_entropy_sum(out.logits, batch["labels"], len(self.tokenizer))
+            mask = labels != -100
+            ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size)
             return ce, {"ce": ce}
-        with torch.no_grad():
-            teacher_out = self._forward(self.job.teacher, batch, need)
-        return self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
+        teacher = self.teacher.targets(batch, need)
+        return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size)
 
     @staticmethod
     def _forward(model, batch, need):

@@ -295,6 +295,19 @@ class LossSpec:
 
 
 @dataclass
+class TeacherCacheConfig:
+    """Run the teacher once over the training pairs and keep its top-K distribution on disk."""
+
+    top_k: int = doc("Teacher log-probabilities kept per target token (the rest is one tail bucket).", 32)
+    dir: Optional[str] = doc("Cache root (default: <output_dir>/teacher_cache); share it between runs: entries "
+                             "are keyed by a fingerprint of teacher, tokenizer, pairs, lengths, K and temperatures.",
+                             None)
+
+    def __post_init__(self):
+        _positive("top_k", self.top_k)
+
+
+@dataclass
 class DistillConfig:
     """The student's objective: ``ce_weight * CE + sum_i weight_i * loss_i``.
 
@@ -306,8 +319,15 @@ class DistillConfig:
     pseudo_labels: Optional[PseudoLabelConfig] = doc(
         "Train on the teacher's generated outputs (sequence-level KD), e.g. {num_beams: 4}; combines with the "
         "logit losses, which then compare the distributions on those targets. null: the references only.", None)
+    chunk_size: int = doc("Target positions per chunk of the fused loss: CE and the logit losses run chunk by "
+                          "chunk from the decoder states, never holding [batch, length, vocab] logits (also the "
+                          "teacher's CE in train_teacher). 0 = the unchunked path with full logits.", 1024)
+    teacher_cache: Optional[TeacherCacheConfig] = doc("Distill from a cached top-K teacher instead of running it "
+                                                      "every step, e.g. {top_k: 32}; logit losses only.", None)
 
     def __post_init__(self):
+        if self.chunk_size < 0:
+            raise ValueError(f"chunk_size: must be >= 0 (0 = unchunked), got {self.chunk_size}")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight: must be >= 0, got {self.ce_weight}")
         if self.ce_weight == 0 and not any(s.weight > 0 for s in self.losses):
