@@ -184,6 +184,9 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
     """Distill the student from a trained teacher; returns <output_dir>/student/final."""
     run = run or start(cfg, args)
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
+    if cfg.distill.teacher_cache is not None and objective.requires - {"logits"}:
+        raise UserError("distill.teacher_cache keeps the teacher's logits only; hidden-state and attention losses "
+                        "need the live teacher: remove distill.teacher_cache or those losses")
     attentions = "attentions" in objective.requires
     stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
     found = resolve_model(run, "teacher", teacher_path, attentions)
@@ -207,7 +210,12 @@ def distill_student(cfg: Config, args, run: Run | None = None, teacher_path: Pat
         raise UserError(f"distill.losses: {e}") from None
     job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher)
     if cfg.distill.pseudo_labels is not None:  # sequence-level KD: the teacher's outputs are the data
-        job.train_pairs = pseudo_label_pairs(run, teacher.to(run.device), t_tok)
+        job.train_pairs = pseudo_label_pairs(run, teacher.to(run.device), t_tok)  # before a cache covers the pairs
+    if (tc := cfg.distill.teacher_cache) is not None:  # the teacher runs once over the pairs, then never again
+        from distiller_zoo.cache import open_cache
+        job.teacher = open_cache(Path(tc.dir or run.output_dir / "teacher_cache"), teacher, s_tok, job.train_pairs,
+                                 job.collator, tc.top_k, objective.temperatures(), len(s_tok), run.device, log)
+        del teacher, found
     return run_stage(run, stage, Trainer(job, student, s_tok))
 
 

@@ -32,22 +32,24 @@ class _FusedChunks(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size):
         grad_h = torch.zeros_like(hidden)
         grad_w = torch.zeros_like(weight)
-        grad_b = None if bias is None else torch.zeros_like(bias)
-        sums = torch.zeros(len(weights), dtype=torch.float32, device=hidden.device)
-        w_vec = torch.tensor(weights, dtype=torch.float32, device=hidden.device)
+        need_b = bias is not None and bias.requires_grad   # BART's final_logits_bias is a buffer
+        grad_b = torch.zeros_like(bias) if need_b else None
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32   # float64 in the math tests
+        sums = torch.zeros(len(weights), dtype=acc, device=hidden.device)
+        w_vec = torch.tensor(weights, dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             with torch.enable_grad():
                 h = hidden[start:end].detach().requires_grad_()
                 w = weight.detach().requires_grad_()
-                b = None if bias is None else bias.detach().requires_grad_()
+                b = None if bias is None else bias.detach().requires_grad_(need_b)
                 t_chunk = None if teacher is None else teacher.chunk(start, end)
                 terms = chunk_terms(F.linear(h, w, b), labels[start:end], t_chunk, losses)
-                inputs = (h, w) if b is None else (h, w, b)
+                inputs = (h, w, b) if need_b else (h, w)
                 grads = torch.autograd.grad((terms * w_vec).sum(), inputs)
             grad_h[start:end] = grads[0]
             grad_w += grads[1]
-            if b is not None:
+            if need_b:
                 grad_b += grads[2]
             sums += terms.detach()
         ctx.save_for_backward(grad_h, grad_w, *(() if grad_b is None else (grad_b,)))
@@ -72,5 +74,5 @@ def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tens
     if chunk_size <= 0:   # the plain path: full [N, V] logits, ordinary autograd
         terms = chunk_terms(head(hidden), labels, None if teacher is None else teacher.chunk(0, hidden.shape[0]),
                             losses)
-        return (terms * torch.tensor(all_weights, device=terms.device)).sum(), terms.detach()
+        return (terms * torch.tensor(all_weights, dtype=terms.dtype, device=terms.device)).sum(), terms.detach()
     return _FusedChunks.apply(hidden, head.weight, head.bias, labels, teacher, losses, all_weights, chunk_size)

@@ -52,6 +52,10 @@ class Objective(nn.Module):
     def requires(self) -> frozenset[str]:
         return frozenset().union(*(loss.requires for loss in self.losses)) if self.losses else frozenset()
 
+    def temperatures(self) -> list[float]:
+        """The temperatures of the logit losses (a cached teacher stores its tail at each)."""
+        return sorted({loss.temperature for loss in self.losses if isinstance(loss, LogitLoss)})
+
     def formula(self) -> str:
         parts = [f"{self.ce_weight:g} * CE"] if self.ce_weight else []
         parts += [f"{w:g} * {loss.describe()}" for w, loss in zip(self.weights, self.losses) if w]
