@@ -8,7 +8,8 @@ Every implementation trains the same student (same seed, same batch) on the same
 ``0.5 * CE + 0.5 * KL(teacher || student)`` (temperature 1, mean over target tokens), and one
 step is: both forwards, the loss, backward, AdamW step. Before anything is timed, one small batch
 per model pair goes through every implementation and the student's gradients must agree with the
-naive reference (fp32, relative 1e-4); a disagreement stops the run. Then each implementation runs
+naive reference (fp32, relative 1e-4; a cached teacher is checked with top_k = V, where it is exact,
+and timed with the configured K); a disagreement stops the run. Then each implementation runs
 in a fresh process: ``--warmup`` steps, then ``--repeats`` timed steps (median and min-max), and
 the extra resident memory of a step (peak RSS during the timed steps minus the RSS before them,
 with glibc told to return freed memory so the baseline is honest).
@@ -101,13 +102,13 @@ def logits(model, batch):
 
 
 # ----------------------------------------------------------------------------- implementations
-def make_step(impl: str, student, teacher, vocab: int, project_options: dict):
+def make_step(impl: str, student, teacher, vocab: int, project_options: dict, batch: dict):
     """A function batch -> loss (float) doing one whole training step, and its optimizer."""
     import torch
     import torch.nn.functional as F
 
     if impl.startswith("project"):
-        return project_step(student, teacher, vocab, project_options)
+        return project_step(student, teacher, vocab, project_options, batch)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
 
     def kd_sum(s_logits, t_logits, labels):  # forward KL summed over vocabulary and target tokens
@@ -157,8 +158,9 @@ def make_step(impl: str, student, teacher, vocab: int, project_options: dict):
     return step, opt
 
 
-def project_step(student, teacher, vocab: int, options: dict):
-    """This project's step: ``Trainer.train_step`` on a job built as main.py builds it."""
+def project_step(student, teacher, vocab: int, options: dict, batch: dict):
+    """This project's step: ``Trainer.train_step`` on a job built as main.py builds it (the collator is
+    replaced by the prepared batch; with ``teacher_cache`` the cache is built over it first, untimed)."""
     import torch
     from config import BenchmarkConfig, DistillConfig, LossSpec, OptimConfig
     from pipeline import build_objective
@@ -168,28 +170,45 @@ def project_step(student, teacher, vocab: int, options: dict):
     unknown = sorted(set(options) - fields)
     if unknown:
         raise SystemExit(f"this checkout's distill config has no {', '.join(unknown)}")
+    cache = options.pop("teacher_cache", None)
     distill = DistillConfig(ce_weight=0.5, losses=[LossSpec(options.pop("loss", "vanilla_kl"), 0.5,
                                                             {"temperature": 1.0})], **options)
     objective = build_objective(SimpleNamespace(distill=distill))
     objective.vocab_size = vocab
     objective.bind(student.config, teacher.config)
-    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1, "__len__": lambda self: vocab})()
-    state = {}
+    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1, "__len__": lambda self: vocab,
+                           "get_vocab": lambda self: {}})()
     tmp = Path(tempfile.mkdtemp(prefix="kd_bench_"))
     has_chunks = "chunk_size" in {f.name for f in dataclasses.fields(TrainJob)}  # the fused path is merged
     extra = {"chunk_size": distill.chunk_size} if has_chunks else {}
     job = TrainJob(role="student", optim=OptimConfig(max_steps=10_000, batch_size=1, max_grad_norm=None,
                                                      warmup_ratio=0.0, learning_rate=1e-4),
-                   train_pairs=[("", "")], val_examples=[], collator=lambda pairs: state["batch"], run_dir=tmp,
+                   train_pairs=[("", "")], val_examples=[], collator=FixedBatch(batch), run_dir=tmp,
                    checkpoint_dir=tmp, device=torch.device("cpu"),
                    precision=resolve_precision("fp32", torch.device("cpu")), seed=0, config={}, generation=BenchmarkConfig(), objective=objective, teacher=teacher, **extra)
+    if cache is not None:
+        from distiller_zoo.cache import open_cache
+        job.teacher = open_cache(tmp / "cache", teacher, tok, job.train_pairs, job.collator, cache["top_k"],
+                                 objective.temperatures(), vocab)
     trainer = Trainer(job, student, tok)
     student.train()
 
     def step(batch):
-        state["batch"] = batch
+        job.collator.batch = batch
         return trainer.train_step([[("", "")]])["loss"]
     return step, trainer.optimizer
+
+
+class FixedBatch:
+    """Stands in for the collator: the prepared batch (tokenization is not what is measured)."""
+
+    prefix, max_source_length, max_target_length = "", 0, 0
+
+    def __init__(self, batch: dict):
+        self.batch = batch
+
+    def __call__(self, pairs) -> dict:
+        return self.batch
 
 
 # ----------------------------------------------------------------------------- worker process
@@ -206,15 +225,18 @@ def worker(a) -> dict:
     models, vocab, shape = SHAPES[a.shape]
     student, teacher = build_model(models["student"], vocab, 0), build_model(models["teacher"], vocab, 1)
     teacher.eval().requires_grad_(False)
-    step, opt = make_step(a.impl, student, teacher, vocab, json.loads(a.project_options))
+    batch = make_batch(vocab, CHECK_BATCH if a.check else shape)
+    options = json.loads(a.project_options)
+    if a.check and "teacher_cache" in options:  # top-K is an approximation; with K = V the cache is exact
+        options["teacher_cache"]["top_k"] = vocab
+    step, opt = make_step(a.impl, student, teacher, vocab, options, batch)
     if a.check:
         grads = {}
         opt.step = lambda *args, **kw: grads.update(
             {n: p.grad.detach().clone() for n, p in student.named_parameters() if n in GRAD_PARAMS})
-        loss = step(make_batch(vocab, CHECK_BATCH))
+        loss = step(batch)
         torch.save({"loss": loss, "grads": grads}, a.out)
         return {"impl": a.impl, "loss": loss}
-    batch = make_batch(vocab, shape)
     for _ in range(a.warmup):
         step(batch)
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
@@ -257,7 +279,7 @@ def check_gradients(shape: str, impls: list[tuple[str, dict]], a) -> None:
         for name, r in results.items():
             worst = max(float((r["grads"][k] - g).abs().max() / g.abs().max()) for k, g in ref["grads"].items())
             ok = abs(r["loss"] - ref["loss"]) <= 1e-4 * abs(ref["loss"]) and worst <= 1e-4
-            print(f"  check {name:26s} loss {r['loss']:.6f} (naive {ref['loss']:.6f}), worst relative gradient "
+            print(f"  check {name:44s} loss {r['loss']:.6f} (naive {ref['loss']:.6f}), worst relative gradient "
                   f"difference {worst:.1e}: {'ok' if ok else 'MISMATCH'}")
             if not ok:
                 raise SystemExit(f"{name} does not compute the naive reference's gradients; fix before timing")
@@ -318,16 +340,16 @@ def print_table(shape, vocab, dims, rows) -> None:
     print(f"\n{shape}: V={vocab}, (B, S, T)={dims}, fp32; median [min-max] of the timed steps")
     base = {k: statistics.median(rows[k]["times"]) for k in ("ce", "teacher_forward") if "times" in rows.get(k, {})}
     floor = sum(base.values()) if len(base) == 2 else None
-    print(f"  {'implementation':28s} {'step s':>8s} {'spread':>15s} {'x CE':>6s} {'x floor':>8s} {'extra MB':>9s} "
+    print(f"  {'implementation':44s} {'step s':>8s} {'spread':>15s} {'x CE':>6s} {'x floor':>8s} {'extra MB':>9s} "
           f"max load")
     for name, r in rows.items():
         if "error" in r:
-            print(f"  {name:28s} failed: {r['error']}")
+            print(f"  {name:44s} failed: {r['error']}")
             continue
         med = statistics.median(r["times"])
         ratio = f"{med / base['ce']:6.2f}" if "ce" in base else "     -"
         fl = f"{med / floor:8.2f}" if floor else "       -"
-        print(f"  {name:28s} {med:8.3f} [{min(r['times']):6.3f}-{max(r['times']):6.3f}] {ratio} {fl} "
+        print(f"  {name:44s} {med:8.3f} [{min(r['times']):6.3f}-{max(r['times']):6.3f}] {ratio} {fl} "
               f"{r['extra_mb']:9.0f} {r['load']:.1f}")
     if floor:
         print(f"  floor (CE step + teacher forward): {floor:.3f} s")
