@@ -28,6 +28,7 @@ from config.schema import check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import attention_kwargs, build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
+from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
 from utils import (UserError, attach_log_file, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed,
@@ -232,7 +233,7 @@ def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
                     train_pairs=training_pairs(splits.train, cfg.data.train_on_all_references),
                     val_examples=splits.validation, collator=run.collator(tokenizer), run_dir=stage.run_dir,
                     checkpoint_dir=stage.checkpoint_dir, device=run.device, precision=run.precision, seed=cfg.training.seed,
-                    config=to_dict(cfg), generation=cfg.benchmark, **extra)
+                    config=to_dict(cfg), generation=cfg.benchmark, chunk_size=cfg.distill.chunk_size, **extra)
 
 
 # --------------------------------------------------------------------------- modes
@@ -266,6 +267,9 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     """Distill the student from a trained teacher; returns <output_dir>/student/final."""
     run = run or start(cfg, opts)
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
+    if cfg.distill.teacher_cache is not None and objective.requires - {"logits"}:
+        raise UserError("distill.teacher_cache keeps the teacher's logits only; hidden-state and attention losses "
+                        "need the live teacher: remove distill.teacher_cache or those losses")
     attentions = "attentions" in objective.requires
     stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
     found = resolve_model(run, "teacher", teacher_path, attentions)
@@ -289,6 +293,13 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     except ValueError as e:
         raise UserError(f"distill.losses: {e}") from None
     job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher)
+    if cfg.distill.pseudo_labels is not None:  # sequence-level KD: the teacher's outputs are the data
+        job.train_pairs = pseudo_label_pairs(run, teacher.to(run.device), t_tok)  # before a cache covers the pairs
+    if (tc := cfg.distill.teacher_cache) is not None:  # the teacher runs once over the pairs, then never again
+        from distiller_zoo.cache import open_cache
+        job.teacher = open_cache(Path(tc.dir or run.output_dir / "teacher_cache"), teacher, s_tok, job.train_pairs,
+                                 job.collator, tc.top_k, objective.temperatures(), len(s_tok), run.device, log)
+        del teacher, found
     return run_stage(run, stage, Trainer(job, student, s_tok))
 
 

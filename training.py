@@ -23,8 +23,11 @@ from transformers import get_scheduler
 from checkpoints import (RESUME_MAY_CHANGE, check_format, config_differences, latest_checkpoint,
                          load_checkpoint_file, resume_changes, rng_state, save_checkpoint_file, set_rng_state)
 from config import BenchmarkConfig, OptimConfig
-from data_loader import Example, Seq2SeqCollator
+from data_loader import Example, Seq2SeqCollator, length_grouped_batches, padding_fraction
 from distiller_zoo import Objective, cross_entropy_sum
+from distiller_zoo.fused import fused_logit_objective
+from distiller_zoo.heads import decoder_states, lm_head
+from distiller_zoo.teacher import teacher_source
 from generation import generate_texts, generation_config
 from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, atomic_write_text, log, one_line
 
@@ -61,15 +64,17 @@ class TrainJob:
     config: dict                    # resolved config, stored in checkpoints
     generation: BenchmarkConfig     # decoding for generation metrics during validation
     objective: Objective | None = None
-    teacher: torch.nn.Module | None = None
+    teacher: object | None = None   # a teacher source (distiller_zoo.teacher), or a bare model (run live)
+    chunk_size: int = 1024          # target positions per chunk of the fused loss; 0 = full logits
 
 
 class Trainer:
     def __init__(self, job: TrainJob, model, tokenizer):
         self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
         self.objective = job.objective.to(job.device) if job.objective else None
-        if job.teacher is not None:
-            job.teacher.to(job.device).eval().requires_grad_(False)
+        self.teacher = teacher_source(job.teacher, len(tokenizer))
+        if self.teacher is not None:
+            self.teacher.to(job.device)
         o = job.optim
         self.micro_batches = math.ceil(len(job.train_pairs) / o.batch_size)
         self.windows_per_epoch = math.ceil(self.micro_batches / o.gradient_accumulation_steps)
@@ -102,14 +107,26 @@ class Trainer:
     def window_batches(self, epoch: int, window: int) -> list[list[tuple[str, str]]]:
         """The micro-batches (lists of pairs) of one accumulation window; order fixed by (seed, epoch)."""
         if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(self.job.seed * 1000 + epoch)
-            perm = torch.randperm(len(self.job.train_pairs), generator=g).tolist()
-            self._order = (epoch, perm)
-        bs, accum = self.job.optim.batch_size, self.job.optim.gradient_accumulation_steps
-        perm = self._order[1]
+            self._order = (epoch, self._epoch_batches(epoch))
+        accum = self.job.optim.gradient_accumulation_steps
         first = window * accum
         last = min(first + accum, self.micro_batches)
-        return [[self.job.train_pairs[i] for i in perm[m * bs:(m + 1) * bs]] for m in range(first, last)]
+        return [[self.job.train_pairs[i] for i in b] for b in self._order[1][first:last]]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """A (seed, epoch)-shuffled order cut into micro-batches, grouped by length when configured."""
+        job, bs = self.job, self.job.optim.batch_size
+        g = torch.Generator().manual_seed(job.seed * 1000 + epoch)
+        perm = torch.randperm(len(job.train_pairs), generator=g).tolist()
+        plain = [perm[i:i + bs] for i in range(0, len(perm), bs)]
+        if not job.optim.group_by_length:
+            return plain
+        lengths = job.collator.lengths(job.train_pairs)  # tokenizes every pair, once per run
+        grouped = length_grouped_batches(perm, lengths, bs, g)
+        if self._order is None:
+            log.info("%s: length-grouped batches: padding %.1f%% of the token slots instead of %.1f%%", job.role,
+                     100 * padding_fraction(grouped, lengths), 100 * padding_fraction(plain, lengths))
+        return grouped
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Path:
@@ -226,15 +243,21 @@ class Trainer:
         return all(bool(torch.isfinite(p).all()) for m in self.trainable_modules().values() for p in m.parameters())
 
     def loss_sums(self, batch: dict):
-        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens."""
+        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens.
+
+        The student's logits are never materialised whole: CE and the logit losses run chunk by
+        chunk from its final decoder states (distiller_zoo.fused); the teacher answers through
+        the seam (live, cached, ...), whichever kind it is."""
         need = self.objective.requires if self.objective is not None else frozenset()
-        out = self._forward(self.model, batch, need)
+        out, hidden = decoder_states(self.model, batch, need)
+        head = lm_head(self.model, len(self.tokenizer))
+        labels = batch["labels"]
         if self.objective is None:
-            ce = cross_entropy_sum(out.logits, batch["labels"], len(self.tokenizer))
+            mask = labels != -100
+            ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size)
             return ce, {"ce": ce}
-        with torch.no_grad():
-            teacher_out = self._forward(self.job.teacher, batch, need)
-        return self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
+        teacher = self.teacher.targets(batch, need)
+        return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size)
 
     @staticmethod
     def _forward(model, batch, need):

@@ -4,11 +4,11 @@
 from config.loading import (check_tree, from_dict, load_config, merge, parse_override, read_config_file,
                             save_config, to_dict)
 from config.schema import (BEST_METRICS, CONFIG_DIR, DEMO_CONFIG, MODEL_METRICS, TEXT_METRICS, ArchConfig,
-                           BenchmarkConfig, Config, DataConfig, DistillConfig, ExtraModel, LossSpec, ModelConfig,
+                           BenchmarkConfig, Config, DataConfig, DistillConfig, ExtraModel, LossSpec, ModelConfig, PseudoLabelConfig,
                            OptimConfig, SyntheticConfig, TokenizerConfig, TokenizerTrainConfig, TrainingConfig, doc)
 
 __all__ = ["BEST_METRICS", "CONFIG_DIR", "DEMO_CONFIG", "MODEL_METRICS", "TEXT_METRICS", "ArchConfig", "BenchmarkConfig",
-           "Config", "DataConfig", "DistillConfig", "ExtraModel", "LossSpec", "ModelConfig", "OptimConfig",
+           "Config", "DataConfig", "DistillConfig", "ExtraModel", "LossSpec", "ModelConfig", "OptimConfig", "PseudoLabelConfig",
            "SyntheticConfig", "TokenizerConfig", "TokenizerTrainConfig", "TrainingConfig", "check_tree", "doc",
            "from_dict", "load_config", "merge", "parse_override", "read_config_file", "save_config",
            "to_dict"]

@@ -155,6 +155,11 @@ class DataConfig:
         "otherwise only on the first non-empty one. Evaluation always uses all.", True)
     max_train_samples: Optional[int] = doc("Keep at most this many training examples.", None)
     max_eval_samples: Optional[int] = doc("Keep at most this many validation and test examples.", None)
+    unlabeled_file: Optional[str] = doc(
+        "Transfer set: a file of sources without references (same formats and encoding as train_file); "
+        "distill_student has the teacher label them (needs distill.pseudo_labels) and trains on them too.", None)
+    unlabeled_column: Optional[str] = doc("Column of unlabeled_file holding the sources (default: source_column).",
+                                          None)
 
     def __post_init__(self):
         sources = [s for s in ("train_file", "dataset_name", "synthetic") if getattr(self, s)]
@@ -194,6 +199,9 @@ class OptimConfig:
     batch_size: int = doc("Micro-batch size (examples per forward pass).", 16)
     eval_batch_size: int = doc("Batch size for validation.", 32)
     gradient_accumulation_steps: int = doc("Micro-batches per optimizer step.", 1)
+    group_by_length: bool = doc("Batch pairs of similar length together (within a (seed, epoch)-shuffled order, "
+                                "batches in random order) to cut padding; the log shows the padding before "
+                                "and after.", True)
     learning_rate: float = doc("Peak learning rate of AdamW.", 5e-4)
     weight_decay: float = doc("AdamW weight decay (not applied to biases and norms).", 0.01)
     adam_betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
@@ -263,6 +271,31 @@ class TrainingConfig:
 
 # --------------------------------------------------------------------------- distillation
 @dataclass
+class PseudoLabelConfig:
+    """Sequence-level distillation (Kim & Rush, 2016): the teacher's outputs become training targets.
+
+    Generated once for the training sources (and data.unlabeled_file), cached on disk under a
+    fingerprint of the teacher, tokenizer, sources and decoding settings; an interrupted run
+    resumes from the shards already written."""
+
+    targets: str = doc("'teacher': train on the teacher's outputs instead of the references; 'both': on the "
+                       "references and the teacher's outputs (unlabeled sources always get the teacher's).", "teacher")
+    num_beams: int = doc("Beam size of the teacher's decoding (1 = greedy).", 4)
+    max_new_tokens: Optional[int] = doc("Longest generated target (default: data.max_target_length).", None)
+    batch_size: int = doc("Sources per generation batch (batches are sorted by length).", 32)
+    shard_size: int = doc("Sources per cache shard; a resumed run skips the shards already written.", 512)
+    cache_dir: Optional[str] = doc("Cache directory (default: <output_dir>/pseudo_labels); runs with the same "
+                                   "fingerprint share it.", None)
+
+    def __post_init__(self):
+        _choice("targets", self.targets, ("teacher", "both"))
+        for name in ("num_beams", "batch_size", "shard_size"):
+            _positive(name, getattr(self, name))
+        if self.max_new_tokens is not None:
+            _positive("max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
 class LossSpec:
     """One distillation term: ``weight * loss``. Loss-specific options go in ``params``-style
     extra keys (e.g. ``temperature``); ``distiller_zoo.build_loss`` validates them."""
@@ -288,6 +321,19 @@ class LossSpec:
 
 
 @dataclass
+class TeacherCacheConfig:
+    """Run the teacher once over the training pairs and keep its top-K distribution on disk."""
+
+    top_k: int = doc("Teacher log-probabilities kept per target token (the rest is one tail bucket).", 32)
+    dir: Optional[str] = doc("Cache root (default: <output_dir>/teacher_cache); share it between runs: entries "
+                             "are keyed by a fingerprint of teacher, tokenizer, pairs, lengths, K and temperatures.",
+                             None)
+
+    def __post_init__(self):
+        _positive("top_k", self.top_k)
+
+
+@dataclass
 class DistillConfig:
     """The student's objective: ``ce_weight * CE + sum_i weight_i * loss_i``.
 
@@ -296,8 +342,18 @@ class DistillConfig:
 
     ce_weight: float = doc("Weight of the student's cross-entropy on the references.", 0.5)
     losses: list[LossSpec] = doc("Distillation terms.", factory=lambda: [LossSpec()])
+    pseudo_labels: Optional[PseudoLabelConfig] = doc(
+        "Train on the teacher's generated outputs (sequence-level KD), e.g. {num_beams: 4}; combines with the "
+        "logit losses, which then compare the distributions on those targets. null: the references only.", None)
+    chunk_size: int = doc("Target positions per chunk of the fused loss: CE and the logit losses run chunk by "
+                          "chunk from the decoder states, never holding [batch, length, vocab] logits (also the "
+                          "teacher's CE in train_teacher). 0 = the unchunked path with full logits.", 1024)
+    teacher_cache: Optional[TeacherCacheConfig] = doc("Distill from a cached top-K teacher instead of running it "
+                                                      "every step, e.g. {top_k: 32}; logit losses only.", None)
 
     def __post_init__(self):
+        if self.chunk_size < 0:
+            raise ValueError(f"chunk_size: must be >= 0 (0 = unchunked), got {self.chunk_size}")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight: must be >= 0, got {self.ce_weight}")
         if self.ce_weight == 0 and not any(s.weight > 0 for s in self.losses):
@@ -401,6 +457,9 @@ class Config:
     benchmark: BenchmarkConfig = doc("Benchmark settings.", factory=BenchmarkConfig)
 
     def __post_init__(self):
+        if self.data.unlabeled_file and self.distill.pseudo_labels is None:
+            raise ValueError("data.unlabeled_file: sources without references are labelled by the teacher; set "
+                             "distill.pseudo_labels (e.g. {num_beams: 4}) or remove data.unlabeled_file")
         if self.teacher.init == "shrink":
             raise ValueError("teacher.init: 'shrink' is for the student (it copies layers from the teacher)")
         for role in ("teacher", "student"):

@@ -11,7 +11,9 @@ on import. A user's own loss is named by its import path, ``"my_pkg.my_module:My
         t_out = teacher(input_ids=..., attention_mask=..., decoder_input_ids=...)
     loss = kd(s_out, t_out, labels) / (labels != IGNORE_INDEX).sum()   # losses return sums
 
-:class:`Objective` combines cross-entropy and weighted losses as the trainer does.
+:class:`Objective` combines cross-entropy and weighted losses; ``Objective.fused`` is the
+trainer's path (chunked from decoder states, :mod:`distiller_zoo.fused`), with the teacher
+answering through the seam in :mod:`distiller_zoo.teacher` (live) or :mod:`distiller_zoo.cache`.
 """
 from __future__ import annotations
 

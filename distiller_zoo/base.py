@@ -15,16 +15,18 @@ Losses that depend on the two architectures (layer maps, projections between wid
 themselves in ``bind(student_config, teacher_config)``, called once the models exist and before
 the optimizer is built, so their parameters train with the student and live in checkpoints.
 
-Logit losses subclass :class:`LogitLoss` and implement only ``token_losses`` on the
-flattened ``[N, V]`` logits of the N unmasked target positions. Masking, vocabulary
-slicing and summation live in one place, so chunking over N, a cached sparse teacher or
-a cross-tokenizer alignment can replace the gathering step without touching the losses.
+Logit losses subclass :class:`LogitLoss` and implement only ``divergence`` on the softened
+log-probabilities of the N unmasked target positions. Masking, vocabulary slicing, the
+temperature and summation live in one place, so the fused chunked objective, a cached
+sparse teacher or a cross-tokenizer alignment feed them without touching the losses.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100
@@ -60,8 +62,9 @@ class LogitLoss(DistillationLoss):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}")
         self.temperature = float(temperature)
         self.vocab_size: int | None = None
 
@@ -71,8 +74,38 @@ class LogitLoss(DistillationLoss):
         return self.token_losses(s, t).sum()
 
     @abstractmethod
+    def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        """Softened log-probabilities of student ``q`` and teacher ``p``, ``[N, M]`` -> ``[N]``."""
+
     def token_losses(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """``[N, V]`` float32 logits of both models -> ``[N]`` per-token loss."""
+        """``[N, V]`` logits of both models -> ``[N]`` per-token loss (dense teacher)."""
+        t = self.temperature
+        return self.divergence(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1))
+
+    def sparse_token_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
+        """``[N, V]`` student logits against a top-K teacher (a ``SparseChunk``) -> ``[N]``.
+
+        Both distributions are compared on K + 1 buckets: the teacher's K ids and one "rest"
+        bucket holding the remaining mass (the teacher's stored tail; the student's
+        ``1 - sum_K q``). Every loss here is an f-divergence, so this is a lower bound of the
+        full-vocabulary value, exact when the teacher's tail is empty."""
+        t = self.temperature
+        log_p_k, log_p_rest = teacher.at_temperature(t)
+        log_q = F.log_softmax(student_logits / t, dim=-1)
+        ids = teacher.ids.long()
+        if ids.shape[-1] >= log_q.shape[-1]:
+            log_q_rest = torch.full_like(log_q[:, 0], -math.inf)     # the K ids are the whole vocabulary
+        else:
+            log_q_rest = log_q.scatter(-1, ids, -math.inf).logsumexp(-1)
+        log_q = torch.cat([log_q.gather(-1, ids), log_q_rest.unsqueeze(-1)], dim=-1)
+        return self.divergence(log_q, torch.cat([log_p_k, log_p_rest.unsqueeze(-1)], dim=-1))
+
+    def chunk_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
+        """Per-token loss against one chunk of the teacher seam: dense logits or sparse top-K."""
+        if isinstance(teacher, torch.Tensor):
+            v = min(student_logits.shape[-1], teacher.shape[-1])
+            return self.token_losses(student_logits[:, :v], upcast(teacher[:, :v]))
+        return self.sparse_token_losses(student_logits, teacher)
 
     def describe(self) -> str:
         return f"{type(self).__name__}(T={self.temperature:g})"

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, upcast
+from distiller_zoo.fused import fused_logit_objective
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
@@ -51,6 +52,10 @@ class Objective(nn.Module):
     def requires(self) -> frozenset[str]:
         return frozenset().union(*(loss.requires for loss in self.losses)) if self.losses else frozenset()
 
+    def temperatures(self) -> list[float]:
+        """The temperatures of the logit losses (a cached teacher stores its tail at each)."""
+        return sorted({loss.temperature for loss in self.losses if isinstance(loss, LogitLoss)})
+
     def formula(self) -> str:
         parts = [f"{self.ce_weight:g} * CE"] if self.ce_weight else []
         parts += [f"{w:g} * {loss.describe()}" for w, loss in zip(self.weights, self.losses) if w]
@@ -60,6 +65,29 @@ class Objective(nn.Module):
         """Let every loss adapt to the two architectures (layer maps, projections)."""
         for loss in self.losses:
             loss.bind(student_config, teacher_config)
+
+    def fused(self, student_out, hidden, head, teacher, labels, attention_mask=None, chunk_size: int = 0):
+        """The trainer's path: ``(total, terms)`` as :meth:`forward`, with CE and the logit losses
+        computed chunk by chunk from the student's final decoder states ``hidden [B, T, d]``
+        through ``head`` (an ``LMHead``) against ``teacher`` (a ``TeacherTargets`` from the seam).
+        Feature and attention losses read ``student_out`` and ``teacher.outputs`` as usual."""
+        mask = labels != IGNORE_INDEX
+        active = [(name, w, loss) for name, w, loss in zip(self.names, self.weights, self.losses) if w != 0]
+        logit = [(w, loss) for _, w, loss in active if isinstance(loss, LogitLoss)]
+        total, sums = fused_logit_objective(hidden[mask], head, labels[mask], teacher, self.ce_weight,
+                                            [loss for _, loss in logit], [w for w, _ in logit], chunk_size)
+        terms, it = {"ce": sums[0]}, iter(sums[1:])
+        for name, w, loss in active:
+            key = name if name not in terms else f"{name}_{len(terms)}"
+            if isinstance(loss, LogitLoss):
+                terms[key] = next(it)
+            else:
+                if teacher.outputs is None:
+                    raise ValueError(f"{name} needs the teacher's hidden states or attentions, which this "
+                                     f"teacher source does not provide")
+                terms[key] = loss(student_out, teacher.outputs, labels, attention_mask)
+                total = total + w * terms[key]
+        return total, terms
 
     def forward(self, student_out, teacher_out, labels, attention_mask=None):
         terms = {"ce": cross_entropy_sum(student_out.logits, labels, self.vocab_size)}

@@ -23,7 +23,8 @@ Every source goes through the same pipeline in :func:`load_splits`:
 4. **truncate** to ``data.max_train_samples`` / ``data.max_eval_samples``.
 
 References are expanded into (source, target) training pairs only afterwards, by
-:func:`training_pairs`. :class:`Seq2SeqCollator` turns pairs into padded tensors.
+:func:`training_pairs`. :mod:`data_loader.batching` tokenizes each pair once per run
+(:class:`Seq2SeqCollator`) and groups micro-batches by length (:func:`length_grouped_batches`).
 
 All problems with the user's data are raised as one-line :class:`utils.UserError` messages
 naming the file, the problem and the config key that fixes it.
@@ -40,8 +41,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from distiller_zoo.base import IGNORE_INDEX
 from utils import UserError, hub_host, hub_offline, hub_reachable, log, one_line
+
+from .batching import Seq2SeqCollator, length_grouped_batches, padding_fraction  # noqa: F401 (re-exported)
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -404,56 +406,25 @@ def _warn_overlap(parts):
             log.warning(f"data: {shared:,} {name} sources also occur in the training data")
 
 
-# --------------------------------------------------------------------------- training pairs and batches
+def unlabeled_sources(cfg) -> list[str]:
+    """The distinct non-blank sources of ``data.unlabeled_file`` (a transfer set without references)."""
+    if not cfg.unlabeled_file:
+        return []
+    path, column = cfg.unlabeled_file, cfg.unlabeled_column or cfg.source_column
+    df = read_table(path, cfg.format, cfg.encoding, key="data.unlabeled_file")
+    name = f"data.unlabeled_file {path}"
+    _check_columns(df, name, column, [], ("data.unlabeled_column", "data.unlabeled_column"))
+    sources = list(dict.fromkeys(t for v in df[column].tolist() for t in _texts(v)))
+    if not sources:
+        raise UserError(f"{name}: every value of the column {column!r} is empty ({len(df):,} rows); "
+                        f"check data.unlabeled_column")
+    log.info(f"{name}: {len(sources):,} distinct sources from {len(df):,} rows")
+    return sources
+
+
+# --------------------------------------------------------------------------- training pairs
 def training_pairs(examples: list[Example], all_references: bool) -> list[tuple[str, str]]:
     """(source, target) pairs: one per reference, or only the first reference of each example."""
     if all_references:
         return [(e.source, r) for e in examples for r in e.references]
     return [(e.source, e.references[0]) for e in examples]
-
-
-class Seq2SeqCollator:
-    """Tokenize (source, target) pairs into a padded batch for an encoder-decoder model.
-
-    Padding is dynamic (to the longest in the batch) rather than to max_length, which saves most
-    of the compute on short inputs. Label padding is -100 so the loss ignores it; the positions
-    come from the attention mask, not from ``== pad_token_id``, because some tokenizers use the
-    same id for padding and for a real end-of-sequence token."""
-
-    def __init__(self, tokenizer, prefix: str, max_source_length: int, max_target_length: int):
-        if tokenizer.pad_token_id is None:
-            raise UserError("tokenizer has no pad token; give it one (e.g. pad_token='<pad>') before training")
-        self.tokenizer = tokenizer
-        self.prefix = prefix or ""
-        self.max_source_length = max_source_length
-        self.max_target_length = max_target_length
-        # GPT-2-style tokenizers add no end-of-sequence token; without one a seq2seq model never
-        # learns to stop, so targets get it appended here.
-        probe = tokenizer(text_target="a").input_ids
-        self.append_eos = tokenizer.eos_token_id is not None and (not probe or probe[-1] != tokenizer.eos_token_id)
-
-    def _encode(self, texts: list[str], max_length: int, target: bool) -> dict:
-        kwargs = dict(padding="longest", truncation=True, max_length=max_length, return_tensors="pt",
-                      return_attention_mask=True, return_token_type_ids=False, padding_side="right")
-        enc = self.tokenizer(text_target=texts, **kwargs) if target else self.tokenizer(texts, **kwargs)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-    def encode_sources(self, sources: list[str]) -> dict:
-        """Inputs only (prefix applied), e.g. for ``model.generate``."""
-        return self._encode([self.prefix + s for s in sources], self.max_source_length, target=False)
-
-    def __call__(self, pairs: list[tuple[str, str]]) -> dict:
-        if not pairs:
-            raise ValueError("Seq2SeqCollator: empty batch")
-        batch = self.encode_sources([s for s, _ in pairs])
-        targets = [t for _, t in pairs]
-        tgt = self._targets_with_eos(targets) if self.append_eos else \
-            self._encode(targets, self.max_target_length, target=True)
-        batch["labels"] = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, IGNORE_INDEX)
-        return batch
-
-    def _targets_with_eos(self, texts: list[str]) -> dict:
-        ids = self.tokenizer(text_target=texts, truncation=True, max_length=self.max_target_length - 1).input_ids
-        eos = self.tokenizer.eos_token_id
-        return self.tokenizer.pad({"input_ids": [x + [eos] for x in ids]}, padding="longest", return_tensors="pt",
-                                  return_attention_mask=True, padding_side="right")

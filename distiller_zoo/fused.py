@@ -1,0 +1,78 @@
+"""The fused, chunked logit objective: CE and logit losses from decoder states, O(chunk x V) memory.
+
+Per chunk of the N unmasked target positions: the student's logits through its own head,
+the teacher's chunk from the seam, every term and its gradient with respect to the hidden
+chunk and the head's weight/bias, all in one pass (the design of Liger-Kernel's
+``fused_linear_distillation``). Only ``[chunk, V]`` tensors ever exist; the gradients are
+stored during the forward and scaled by the incoming gradient in ``backward``.
+``chunk_size=0`` is the plain path: one chunk of all N positions through ordinary autograd
+(full logits held until backward), kept for comparison.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distiller_zoo.base import LogitLoss, upcast
+from distiller_zoo.heads import LMHead
+
+
+def chunk_terms(logits: torch.Tensor, labels: torch.Tensor, teacher_chunk,
+                losses: list[LogitLoss]) -> torch.Tensor:
+    """``[1 + len(losses)]`` sums over one chunk: CE, then each logit loss (float32)."""
+    z = upcast(logits)
+    ce = F.cross_entropy(z, labels, reduction="sum")
+    return torch.stack([ce, *(loss.chunk_losses(z, teacher_chunk).sum() for loss in losses)])
+
+
+class _FusedChunks(torch.autograd.Function):
+    """Forward: the term sums and, chunk by chunk, the gradient of ``weights . terms``."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size):
+        grad_h = torch.zeros_like(hidden)
+        grad_w = torch.zeros_like(weight)
+        need_b = bias is not None and bias.requires_grad   # BART's final_logits_bias is a buffer
+        grad_b = torch.zeros_like(bias) if need_b else None
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32   # float64 in the math tests
+        sums = torch.zeros(len(weights), dtype=acc, device=hidden.device)
+        w_vec = torch.tensor(weights, dtype=acc, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            with torch.enable_grad():
+                h = hidden[start:end].detach().requires_grad_()
+                w = weight.detach().requires_grad_()
+                b = None if bias is None else bias.detach().requires_grad_(need_b)
+                t_chunk = None if teacher is None else teacher.chunk(start, end)
+                terms = chunk_terms(F.linear(h, w, b), labels[start:end], t_chunk, losses)
+                inputs = (h, w, b) if need_b else (h, w)
+                grads = torch.autograd.grad((terms * w_vec).sum(), inputs)
+            grad_h[start:end] = grads[0]
+            grad_w += grads[1]
+            if need_b:
+                grad_b += grads[2]
+            sums += terms.detach()
+        ctx.save_for_backward(grad_h, grad_w, *(() if grad_b is None else (grad_b,)))
+        ctx.mark_non_differentiable(sums)
+        return (sums * w_vec).sum(), sums
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_sums):
+        grad_h, grad_w, *rest = ctx.saved_tensors
+        grad_b = rest[0] * grad_total if rest else None
+        return grad_h * grad_total, grad_w * grad_total, grad_b, None, None, None, None, None
+
+
+def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tensor, teacher,
+                          ce_weight: float, losses: list[LogitLoss], weights: list[float], chunk_size: int):
+    """``(ce_weight * CE + sum_i weights_i * loss_i, [CE, loss_1, ...])``, all sums over N positions.
+
+    hidden ``[N, d]`` (the student's final decoder states at the unmasked positions), labels
+    ``[N]``, teacher a ``TeacherTargets`` over the same N positions (None for CE alone).
+    Losses with weight 0 should not be passed: they would cost a full pass for nothing."""
+    all_weights = [float(ce_weight), *map(float, weights)]
+    if chunk_size <= 0:   # the plain path: full [N, V] logits, ordinary autograd
+        terms = chunk_terms(head(hidden), labels, None if teacher is None else teacher.chunk(0, hidden.shape[0]),
+                            losses)
+        return (terms * torch.tensor(all_weights, dtype=terms.dtype, device=terms.device)).sum(), terms.detach()
+    return _FusedChunks.apply(hidden, head.weight, head.bias, labels, teacher, losses, all_weights, chunk_size)

@@ -1,0 +1,124 @@
+"""Sequence-level distillation: the teacher's generated outputs become training pairs.
+
+Kim & Rush (2016) train the student on the teacher's beam-search outputs instead of (or beside)
+the references; DistilBART's "pseudo-labels" are the same idea. Here they are *data*: the
+teacher decodes every distinct training source and every source of ``data.unlabeled_file`` (a
+transfer set without references) once, and the resulting (source, output) pairs replace or join
+the reference pairs before the trainer starts. The trainer does not know: with logit losses
+configured, the teacher's distributions are then compared on the pseudo-label targets.
+
+Decoding is batched and sorted by length (:func:`generation.generate_texts`) and cached::
+
+    <cache_dir>/<fingerprint>/manifest.json     what the fingerprint covers, in readable form
+    <cache_dir>/<fingerprint>/shard_00000.json  {"sources": [...], "outputs": [...]}
+
+The fingerprint hashes the teacher's weights, its tokenizer, the sources (in order), the prefix,
+``data.max_source_length`` and every decoding setting, so a changed input never reuses stale
+labels and an unchanged one is never decoded twice. Shards are written atomically, in order of
+source length; an interrupted run finds the shards already written and decodes only the rest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from data_loader import Example, training_pairs, unlabeled_sources
+from generation import generate_texts, generation_config
+from utils import UserError, atomic_write_text, log, write_json
+
+
+def pseudo_label_pairs(run, teacher, tokenizer) -> list[tuple[str, str]]:
+    """The student's training pairs under ``distill.pseudo_labels`` (see the module docstring)."""
+    cfg, pl = run.cfg, run.cfg.distill.pseudo_labels
+    train: list[Example] = run.splits.train
+    unlabeled = unlabeled_sources(cfg.data)
+    sources = list(dict.fromkeys([e.source for e in train] + unlabeled))
+    decoding = dataclasses.replace(cfg.benchmark, num_beams=pl.num_beams,
+                                   max_new_tokens=pl.max_new_tokens or cfg.data.max_target_length)
+    gen = generation_config(decoding, teacher, tokenizer)
+    cache = Path(pl.cache_dir) if pl.cache_dir else run.output_dir / "pseudo_labels"
+    key = fingerprint(teacher, tokenizer, sources, gen, cfg.data.prefix, cfg.data.max_source_length)
+    outputs = label_sources(teacher, tokenizer, sources, cache / key, gen_config=gen, prefix=cfg.data.prefix,
+                            max_source_length=cfg.data.max_source_length, batch_size=pl.batch_size,
+                            shard_size=pl.shard_size, device=run.device, precision=run.precision)
+    empty = sum(not outputs[s] for s in sources)
+    if empty == len(sources):
+        raise UserError(f"distill.pseudo_labels: the teacher generated only empty outputs for {len(sources):,} "
+                        f"sources; check the teacher (--teacher_path) and distill.pseudo_labels.max_new_tokens")
+    if empty:
+        log.warning("pseudo-labels: %d of %d teacher outputs are empty; those sources are left out", empty,
+                    len(sources))
+    teacher_pairs = [(s, outputs[s]) for s in sources if outputs[s]]
+    pairs = teacher_pairs
+    if pl.targets == "both":
+        pairs = list(dict.fromkeys(training_pairs(train, cfg.data.train_on_all_references) + teacher_pairs))
+    log.info("pseudo-labels: training on %d pairs (%s; %d training and %d unlabeled sources)", len(pairs),
+             "teacher outputs instead of references" if pl.targets == "teacher" else "references and teacher outputs",
+             len(train), len(unlabeled))
+    return pairs
+
+
+def fingerprint(teacher, tokenizer, sources: list[str], gen_config, prefix: str, max_source_length: int) -> str:
+    """A short hex digest of everything the generated labels depend on."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # minus the padding/truncation state that every call of the tokenizer changes
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    else:
+        spec = sorted(tokenizer.get_vocab().items())
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    h.update(json.dumps([gen_config.to_dict(), prefix, max_source_length], sort_keys=True, default=str).encode())
+    h.update(json.dumps(sources).encode())
+    return h.hexdigest()[:20]
+
+
+def label_sources(model, tokenizer, sources: list[str], directory: Path, *, gen_config, prefix: str,
+                  max_source_length: int, batch_size: int, shard_size: int, device, precision) -> dict[str, str]:
+    """{source: generated text}, decoding only the shards that ``directory`` does not hold yet."""
+    order = sorted(sources, key=len)  # length-homogeneous shards: little padding inside generate
+    shards = [order[i:i + shard_size] for i in range(0, len(order), shard_size)]
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "manifest.json", {"sources": len(sources), "prefix": prefix,
+                                             "max_source_length": max_source_length,
+                                             "generation": gen_config.to_dict(), "shard_size": shard_size})
+    outputs, reused, t0 = {}, 0, time.perf_counter()
+    for n, shard in enumerate(shards):
+        path = directory / f"shard_{n:05d}.json"
+        done = _read_shard(path, shard)
+        if done is None:
+            texts, _ = generate_texts(model, tokenizer, shard, prefix=prefix, max_source_length=max_source_length,
+                                      gen_config=gen_config, batch_size=batch_size, device=device,
+                                      precision=precision)
+            atomic_write_text(path, json.dumps({"sources": shard, "outputs": texts}, ensure_ascii=False))
+            log.info("pseudo-labels: shard %d/%d (%d sources) written, %.0f s so far", n + 1, len(shards),
+                     len(shard), time.perf_counter() - t0)
+            done = texts
+        else:
+            reused += 1
+        outputs.update(zip(shard, done))
+    log.info("pseudo-labels: %d sources in %d shards under %s (%d reused from the cache, %d generated)",
+             len(sources), len(shards), directory, reused, len(shards) - reused)
+    return outputs
+
+
+def _read_shard(path: Path, shard: list[str]) -> list[str] | None:
+    """The shard's outputs when ``path`` holds exactly these sources; None when it must be decoded."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("pseudo-labels: %s is unreadable; decoding that shard again", path)
+        return None
+    if data.get("sources") != shard or len(data.get("outputs", [])) != len(shard):
+        log.warning("pseudo-labels: %s holds other sources (another shard_size?); decoding that shard again", path)
+        return None
+    return data["outputs"]
