@@ -12,7 +12,7 @@ import torch
 
 import pseudo_labels as pl_mod
 from checkpoints import load_checkpoint_file
-from config import config_from_dict
+from config import Config, from_dict
 from data_loader import load_splits, unlabeled_sources
 from generation import generate_texts, generation_config
 from main import main
@@ -34,7 +34,7 @@ def teacher_dir(tmp_path_factory):
 
 
 def make_run(cfg_dict, tmp_path):
-    cfg = config_from_dict(cfg_dict)
+    cfg = from_dict(Config, cfg_dict)
     return SimpleNamespace(cfg=cfg, splits=load_splits(cfg.data), output_dir=tmp_path, device=torch.device("cpu"),
                            precision=resolve_precision("fp32", torch.device("cpu")))
 
@@ -156,7 +156,7 @@ def test_transfer_set_config_errors(tiny_config_dict, write_config, tmp_path, ca
     assert main(["--mode", "distill_student", "--config", str(write_config(tiny_config_dict)),
                  "--output_dir", str(tmp_path / "o")]) == 2
     assert "distill.pseudo_labels.targets: 'references' is not one of 'teacher', 'both'" in capsys.readouterr().err
-    cfg = config_from_dict(dict(tiny_config_dict, distill={"pseudo_labels": {}}))
+    cfg = from_dict(Config, dict(tiny_config_dict, distill={"pseudo_labels": {}}))
     with pytest.raises(UserError, match=r"no column 'source'; available columns: 'text'; set data.unlabeled_column"):
         unlabeled_sources(cfg.data)
     cfg.data.unlabeled_column = "text"
