@@ -77,8 +77,10 @@ def _child(job: dict) -> tuple[list[str], dict]:
     torch.set_num_threads(job["threads"])
     device = job["device"]
     gen = dict(job["gen"], device=device, precision=job["precision"])
-    peak = PeakMemory(device)
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(job["model_dir"]).to(device).eval()
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING as SEQ2SEQ
+    model_class = SEQ2SEQ[type(transformers.AutoConfig.from_pretrained(job["model_dir"]))]  # imports its code
+    peak = PeakMemory(device)  # from here on: the model's memory, not library code
+    model = model_class.from_pretrained(job["model_dir"]).to(device).eval()
     tokenizer = tokenizer_from_path(job["model_dir"])
     sources = job["sources"]
     if job["warmup_batches"]:  # first calls pay for allocation and kernel selection

@@ -36,4 +36,4 @@ def test_peak_memory_is_each_models_own_and_predictions_match(tmp_path):
     assert weights_mb["big"] > 30 and weights_mb["small"] < 1
     # the big model's figure holds its weights; the small one's does not include them (nor the interpreter's)
     assert measured["big"] >= 0.9 * weights_mb["big"]
-    assert measured["small"] < 0.5 * weights_mb["big"]
+    assert measured["big"] - measured["small"] >= 0.8 * (weights_mb["big"] - weights_mb["small"])
