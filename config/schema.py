@@ -347,7 +347,7 @@ class DistillConfig:
         "logit losses, which then compare the distributions on those targets. null: the references only.", None)
     chunk_size: int = doc("Target positions per chunk of the fused loss: CE and the logit losses run chunk by "
                           "chunk from the decoder states, never holding [batch, length, vocab] logits (also the "
-                          "teacher's CE in train_teacher). 0 = the unchunked path with full logits.", 1024)
+                          "teacher's CE in train_teacher). 0 = the unchunked path with full logits.", 256)
     teacher_cache: Optional[TeacherCacheConfig] = doc("Distill from a cached top-K teacher instead of running it "
                                                       "every step, e.g. {top_k: 32}; logit losses only.", None)
 

@@ -16,7 +16,6 @@ and attention losses (None when the source has none, e.g. the cache).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +94,3 @@ def teacher_source(teacher, vocab_size: int | None = None):
     if teacher is None or hasattr(teacher, "targets"):
         return teacher
     return LiveTeacher(teacher, vocab_size)
-
-
-def is_finite_temperature(t) -> bool:
-    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
