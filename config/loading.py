@@ -153,7 +153,7 @@ def _convert(tp, value, where):
         nested = [e for e in errors if e.key != where or not e.msg.startswith("expected ")]
         if nested:
             raise nested[0]
-        raise _KeyError(where, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise _KeyError(where, f"expected {_type_name(tp)}, got {type(value).__name__} {short_repr(value)}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, where)
     if origin is list:

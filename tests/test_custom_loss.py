@@ -29,7 +29,7 @@ def user_module(tmp_path, monkeypatch):
 
 def test_readme_example_is_short_and_computes_its_formula(user_module):
     assert len(readme_example().strip().splitlines()) <= 10
-    loss = build_loss("my_losses:LogitMSE", {"temperature": 1.0})
+    loss = build_loss("my_losses:Hellinger", {"temperature": 1.0})
     loss.vocab_size = 5
     torch.manual_seed(0)
     zs, zt = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
@@ -38,19 +38,21 @@ def test_readme_example_is_short_and_computes_its_formula(user_module):
     s, t = out(), out()
     s.logits, t.logits = zs, zt
     mask = labels != -100
-    expected = 0.5 * ((zs.double() - zt.double())[mask][:, :5] ** 2).sum()
+    p = torch.softmax(zt.double()[mask][:, :5], -1)
+    q = torch.softmax(zs.double()[mask][:, :5], -1)
+    expected = (1 - (p * q).sqrt().sum(-1)).sum()
     assert float(loss(s, t, labels)) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_readme_example_trains_a_student(user_module, tiny_config_dict, write_config, caplog):
-    tiny_config_dict["distill"] = {"ce_weight": 1.0, "losses": [{"name": "my_losses:LogitMSE", "weight": 0.01}]}
+    tiny_config_dict["distill"] = {"ce_weight": 1.0, "losses": [{"name": "my_losses:Hellinger", "weight": 0.5}]}
     path, out = str(write_config(tiny_config_dict)), user_module / "run"
     assert main(["--mode", "train_teacher", "--config", path, "--output_dir", str(out)]) == 0
     assert main(["--mode", "distill_student", "--config", path, "--output_dir", str(out)]) == 0
     records = [json.loads(line) for line in (out / "student" / "metrics.jsonl").read_text().splitlines()]
-    terms = [r["my_losses:LogitMSE"] for r in records if "loss" in r]
+    terms = [r["my_losses:Hellinger"] for r in records if "loss" in r]
     assert terms and all(v > 0 for v in terms)
-    assert "loss = 1 * CE + 0.01 * LogitMSE(T=1)" in (out / "logs" / "run.log").read_text()
+    assert "loss = 1 * CE + 0.5 * Hellinger(T=1)" in (out / "logs" / "run.log").read_text()
 
 
 BAD = {
@@ -59,7 +61,7 @@ BAD = {
     "plain_mod:Missing": "module 'plain_mod' has no 'Missing'",
     "plain_mod:NotALoss": "NotALoss must be a class subclassing distiller_zoo.DistillationLoss",
     "plain_mod:helper": "helper must be a class subclassing distiller_zoo.DistillationLoss",
-    "plain_mod:Abstract": "Abstract does not implement token_losses",
+    "plain_mod:Abstract": "Abstract does not implement divergence",
     "nonsense": "unknown loss 'nonsense'",
 }
 
@@ -81,4 +83,4 @@ def test_bad_custom_losses_are_one_line_errors(name, tmp_path, monkeypatch, tiny
 
 def test_unknown_option_of_a_custom_loss(user_module):
     with pytest.raises(LossConfigError, match="has no option 'beta'; its options: temperature"):
-        build_loss("my_losses:LogitMSE", {"beta": 1})
+        build_loss("my_losses:Hellinger", {"beta": 1})

@@ -150,7 +150,7 @@ def test_cached_teacher_trains_resumes_exactly_and_later_runs_reuse_it(teacher_r
 
 
 @pytest.mark.parametrize("override,message", [
-    ("distill.losses=[{\"name\": \"vanilla_kl\", \"temperature\": Infinity}]", "temperature must be > 0 and finite"),
+    ("distill.losses=[{\"name\": \"vanilla_kl\", \"temperature\": Infinity}]", "temperature: must be a finite number"),
     ("distill.chunk_size=-1", "chunk_size: must be >= 0"),
 ])
 def test_bad_distill_settings_are_one_line_errors(tiny_config_dict, write_config, tmp_path, capsys, override,
