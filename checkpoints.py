@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import UserError, atomic_write, log
+from utils.errors import UserError
+from utils.files import atomic_write
+from utils.logs import log
 
 DISK_MARGIN = 1.2  # free space wanted, as a multiple of the checkpoint's size
 KEYS = ("weights", "optimizer", "scheduler", "scaler", "rng", "state", "role", "total_steps", "config")

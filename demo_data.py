@@ -91,7 +91,7 @@ SYNTHETIC_TASKS = {"polite_rewrite": polite_rewrite, "keyword_summary": keyword_
 def generate(task: str, num_examples: int, seed: int) -> list[dict]:
     """``num_examples`` {'source', 'target'} dicts; the same arguments always give the same list."""
     if task not in SYNTHETIC_TASKS:
-        from utils import UserError
+        from utils.errors import UserError
         raise UserError(f"data.synthetic.task {task!r} is unknown; choose one of {', '.join(SYNTHETIC_TASKS)}")
     rng = random.Random(seed)
     make = SYNTHETIC_TASKS[task]

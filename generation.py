@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig
 
-from config import BenchmarkConfig
+from settings import BenchmarkConfig
 from data_loader import Seq2SeqCollator
 
 

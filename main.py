@@ -69,7 +69,7 @@ def run(argv=None) -> int:
     # Imports after argument parsing so that --help is instant.
     import json
 
-    from config import load_config, to_dict
+    from settings import load_config, to_dict
     from pipeline import MODES, RunOptions
     sections = {k: v for k, v in (("teacher", args.teacher_config), ("student", args.student_config)) if v}
     cfg = load_config(args.config, cli_overrides(args), sections)
@@ -106,7 +106,7 @@ def resume_command(argv: list[str], launched: list[str] | None = None) -> str:
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
-    from utils import TrainingInterrupted, UserError
+    from utils.errors import TrainingInterrupted, UserError
     try:
         return run(argv)
     except UserError as e:

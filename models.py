@@ -17,8 +17,10 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, Bart
                           BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast, T5Config,
                           T5ForConditionalGeneration, T5TokenizerFast)
 
-from config import ArchConfig, ModelConfig, TokenizerConfig, TokenizerTrainConfig
-from utils import UserError, one_line, hub_offline, hub_reachable, log
+from settings import ArchConfig, ModelConfig, TokenizerConfig, TokenizerTrainConfig
+from utils.errors import one_line, UserError
+from utils.hub import hub_offline, hub_reachable
+from utils.logs import log
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3 in trained tokenizers
 

@@ -23,16 +23,18 @@ from pathlib import Path
 
 import torch
 
-from config import Config, save_config, to_dict
-from config.schema import check_positions as check_lengths
+from settings import Config, save_config, to_dict
+from settings.schema import check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import attention_kwargs, build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
-from utils import (UserError, attach_log_file, ensure_writable_dir, log, resolve_device, resolve_precision, set_seed,
-                   setup_logging)
+from utils.errors import UserError
+from utils.files import ensure_writable_dir
+from utils.logs import attach_log_file, log, setup_logging
+from utils.runtime import resolve_device, resolve_precision, set_seed
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def _has_results(run_dir: Path, ckpt_dir: Path) -> bool:
 
 
 def check_positions(model, cfg: Config, role: str) -> None:
-    """A loaded model's position table must hold the configured lengths (see config.schema.check_positions)."""
+    """A loaded model's position table must hold the configured lengths (see settings.schema.check_positions)."""
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None:  # T5: relative positions, any length
         try:

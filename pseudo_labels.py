@@ -29,7 +29,9 @@ import torch
 
 from data_loader import Example, training_pairs, unlabeled_sources
 from generation import generate_texts, generation_config
-from utils import UserError, atomic_write_text, log, write_json
+from utils.errors import UserError
+from utils.files import atomic_write_text, write_json
+from utils.logs import log
 
 
 def pseudo_label_pairs(run, teacher, tokenizer) -> list[tuple[str, str]]:

@@ -22,14 +22,17 @@ from transformers import get_scheduler
 
 from checkpoints import (RESUME_MAY_CHANGE, check_format, config_differences, latest_checkpoint,
                          load_checkpoint_file, resume_changes, rng_state, save_checkpoint_file, set_rng_state)
-from config import BenchmarkConfig, OptimConfig
+from settings import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator, length_grouped_batches, padding_fraction
-from distiller_zoo import Objective, cross_entropy_sum
+from distiller_zoo import IGNORE_INDEX, Objective, cross_entropy_sum
 from distiller_zoo.fused import fused_logit_objective
 from distiller_zoo.heads import decoder_states, lm_head
 from distiller_zoo.teacher import teacher_source
 from generation import generate_texts, generation_config
-from utils import GracefulStop, Precision, TrainingInterrupted, UserError, atomic_write, atomic_write_text, log, one_line
+from utils.errors import one_line, TrainingInterrupted, UserError
+from utils.files import atomic_write, atomic_write_text
+from utils.logs import log
+from utils.runtime import GracefulStop, Precision
 
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
 
@@ -182,7 +185,7 @@ class Trainer:
         """One optimizer step over an accumulation window; returns the step's log record."""
         job = self.job
         batches = [self._to_device(job.collator(pairs)) for pairs in window]
-        n_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+        n_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
         sums: dict[str, float] = {}
         for batch in batches:
             with job.precision.autocast():
@@ -253,7 +256,7 @@ class Trainer:
         head = lm_head(self.model, len(self.tokenizer))
         labels = batch["labels"]
         if self.objective is None:
-            mask = labels != -100
+            mask = labels != IGNORE_INDEX
             ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size)
             return ce, {"ce": ce}
         teacher = self.teacher.targets(batch, need)
@@ -313,7 +316,7 @@ class Trainer:
             with job.precision.autocast():
                 out = self._forward(self.model, batch, frozenset())
             total += float(cross_entropy_sum(out.logits, batch["labels"], len(self.tokenizer)))
-            tokens += int((batch["labels"] != -100).sum())
+            tokens += int((batch["labels"] != IGNORE_INDEX).sum())
         return total / max(tokens, 1)
 
     def _generation_metrics(self) -> dict:

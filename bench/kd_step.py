@@ -162,10 +162,10 @@ def project_step(student, teacher, vocab: int, options: dict, batch: dict):
     """This project's step: ``Trainer.train_step`` on a job built as main.py builds it (the collator is
     replaced by the prepared batch; with ``teacher_cache`` the cache is built over it first, untimed)."""
     import torch
-    from config import BenchmarkConfig, DistillConfig, LossSpec, OptimConfig
+    from settings import BenchmarkConfig, DistillConfig, LossSpec, OptimConfig
     from pipeline import build_objective
     from training import Trainer, TrainJob
-    from utils import resolve_precision
+    from utils.runtime import resolve_precision
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     unknown = sorted(set(options) - fields)
     if unknown:

@@ -17,11 +17,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.measure import _rss_bytes, measure_in_child  # noqa: E402
-from config import ArchConfig, BenchmarkConfig, TokenizerTrainConfig  # noqa: E402
+from settings import ArchConfig, BenchmarkConfig, TokenizerTrainConfig  # noqa: E402
 from demo_data import generate  # noqa: E402
 from generation import generate_texts, generation_config  # noqa: E402
 from models import export, scratch_model, train_tokenizer  # noqa: E402
-from utils import resolve_precision  # noqa: E402
+from utils.runtime import resolve_precision
 
 ARCHS = {"teacher": ArchConfig(type="bart", d_model=512, encoder_layers=4, decoder_layers=4, heads=8, d_ff=2048,
                                max_positions=64),

@@ -10,13 +10,14 @@ from typing import NamedTuple
 
 import torch
 
-from benchmark.measure import disk_mb, environment, measure_in_child
+from benchmark.measure import count_parameters, disk_mb, environment, measure_in_child
 from benchmark.plots import write_plots
 from benchmark.quality import LOWER_IS_BETTER, intervals, paired, score
 from benchmark.report import write_reports
 from generation import generation_config
 from metrics import sacrebleu_signatures
-from utils import UserError, count_parameters, log
+from utils.errors import UserError
+from utils.logs import log
 
 REFERENCE_ROWS = ("copy_source", "untrained_student")  # floors, not candidates: left out of comparisons
 

@@ -1,7 +1,7 @@
 """Quality of one model's predictions: reference-based and model-based metrics, and intervals."""
 from __future__ import annotations
 
-from config import TEXT_METRICS, BenchmarkConfig
+from settings import TEXT_METRICS, BenchmarkConfig
 from metrics import (
     bertscore,
     bootstrap_ci,

@@ -5,7 +5,8 @@ import csv
 import io
 from pathlib import Path
 
-from utils import atomic_write_text, log, write_json
+from utils.files import atomic_write_text, write_json
+from utils.logs import log
 
 SIZE_KEYS = ("params_total", "params_trainable", "size_on_disk_mb", "peak_memory_mb")
 SPEED_KEYS = ("samples_per_s", "tokens_per_s", "latency_p50_ms", "latency_p95_ms")

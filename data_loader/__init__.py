@@ -26,7 +26,7 @@ References are expanded into (source, target) training pairs only afterwards, by
 :func:`training_pairs`. :mod:`data_loader.batching` tokenizes each pair once per run
 (:class:`Seq2SeqCollator`) and groups micro-batches by length (:func:`length_grouped_batches`).
 
-All problems with the user's data are raised as one-line :class:`utils.UserError` messages
+All problems with the user's data are raised as one-line :class:`utils.errors.UserError` messages
 naming the file, the problem and the config key that fixes it.
 """
 from __future__ import annotations
@@ -41,7 +41,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils import UserError, hub_host, hub_offline, hub_reachable, log, one_line
+from utils.errors import one_line, UserError
+from utils.hub import hub_host, hub_offline, hub_reachable
+from utils.logs import log
 
 from .batching import Seq2SeqCollator, length_grouped_batches, padding_fraction  # noqa: F401 (re-exported)
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from distiller_zoo.base import IGNORE_INDEX
-from utils import UserError
+from utils.errors import UserError
 
 
 class Seq2SeqCollator:

@@ -20,7 +20,7 @@ lengths, an example without a reference) still raise ``ValueError`` as in
 
 Loading goes through ``models.from_hub``: a local path is loaded as is; a hub name is
 read from the local cache first and requested from the hub only when
-``utils.hub_offline()`` is false and ``utils.hub_reachable()`` (a 3-second probe) is true,
+``utils.hub.hub_offline()`` is false and ``utils.hub.hub_reachable()`` (a 3-second probe) is true,
 so an offline machine gets a skip at once instead of huggingface_hub's retry loop.
 Loaded models (and load failures) are cached per process: the benchmark scores several
 systems with one model load; :func:`clear_model_cache` empties the cache.
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
-from utils import one_line  # noqa: F401 - re-exported: metrics.bertscore imports it from here
+from utils.errors import one_line
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def load_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs) 
     the loader's own); anything else goes through ``models.from_hub``.
     """
     from models import from_hub
-    from utils import UserError
+    from utils.errors import UserError
     try:
         path = Path(name).expanduser()
         if path.exists():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from config import TokenizerTrainConfig
+from settings import TokenizerTrainConfig
 from data_loader import Seq2SeqCollator, length_grouped_batches, padding_fraction
 from demo_data import generate
 from models import train_tokenizer

@@ -11,7 +11,7 @@ from main import main
 @pytest.fixture(scope="module")
 def exported_teacher(tmp_path_factory):
     """A tiny scratch BART and its trained tokenizer, exported as train_teacher would."""
-    from config import ArchConfig, TokenizerTrainConfig
+    from settings import ArchConfig, TokenizerTrainConfig
     from models import export, scratch_model, train_tokenizer
     from demo_data import generate
     rows = generate("polite_rewrite", 60, 0)

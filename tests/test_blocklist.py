@@ -53,7 +53,7 @@ def test_harmless_text_is_not_blocked(shared, kind):
 def test_trained_tokenizer_variants_match_its_own_encoding():
     """A tokenizer trained by this tool (Metaspace BPE): the spaced variant is exactly how the
     phrase is encoded inside a sentence."""
-    from config import TokenizerTrainConfig
+    from settings import TokenizerTrainConfig
     from models import train_tokenizer
     tok = train_tokenizer(["you are an idiot", "Idiot, shut up", "SHUT UP you Stupid fool"] * 20,
                           TokenizerTrainConfig(vocab_size=80))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from config import DEMO_CONFIG, Config, load_config, to_dict
-from config.reference import reference_markdown
-from utils import UserError
+from settings import DEMO_CONFIG, Config, load_config, to_dict
+from settings.reference import reference_markdown
+from utils.errors import UserError
 
 
 def test_demo_config_loads_and_matches_its_documented_shape():

@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config import Config, load_config, to_dict
+from settings import Config, load_config, to_dict
 from conftest import TINY_CONFIG
-from utils import UserError
+from utils.errors import UserError
 
 
 def _paths(tree, prefix=()):

@@ -17,7 +17,7 @@ import torch
 from checkpoints import latest_checkpoint, load_checkpoint_file
 from conftest import ROOT
 from main import main, resume_command
-from utils import UserError
+from utils.errors import UserError
 
 LONG = {"max_steps": 300, "eval_every": 20, "log_every": 1, "save_total_limit": 3, "batch_size": 4}
 

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data_loader as dl  # noqa: E402
-from config import DataConfig, SyntheticConfig  # noqa: E402
-from utils import UserError  # noqa: E402
+from settings import DataConfig, SyntheticConfig  # noqa: E402
+from utils.errors import UserError
 
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from config import ArchConfig, TokenizerTrainConfig
+from settings import ArchConfig, TokenizerTrainConfig
 from distiller_zoo import AttentionKL, AttentionMSE, HiddenCosine, HiddenMSE, Objective, build_loss
 from distiller_zoo.layers import layer_pairs, model_dims
 from main import main
@@ -297,7 +297,7 @@ def test_shrink_copies_evenly_spaced_teacher_layers(arch):
 
 
 def test_shrink_refuses_more_layers_than_the_teacher_has():
-    from utils import UserError
+    from utils.errors import UserError
     tok = train_tokenizer(TEXTS, TokenizerTrainConfig(vocab_size=80))
     teacher = scratch_model(ArchConfig(d_model=32, heads=2, d_ff=64, encoder_layers=2, decoder_layers=2), tok)
     with pytest.raises(UserError, match="shrink keeps at most the teacher's 2 encoder and 2 decoder layers"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from config import load_config
+from settings import load_config
 from conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "configs" / "examples").glob("*.yaml"))

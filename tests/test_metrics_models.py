@@ -190,15 +190,15 @@ def test_uncached_hub_name_offline_is_skipped_fast(call):
 
 
 def test_unreachable_hub_is_probed_once_not_retried(monkeypatch):
-    # Offline flags unset: the project's 3-second probe (utils.hub_reachable) decides, and the
+    # Offline flags unset: the project's 3-second probe (utils.hub.hub_reachable) decides, and the
     # failure is cached, so a second metric on the same model does not probe again.
-    import utils
+    import utils.hub
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     probes = []
-    monkeypatch.setattr(utils, "hub_reachable", lambda timeout=3.0: probes.append(1) or False)
+    monkeypatch.setattr(utils.hub, "hub_reachable", lambda timeout=3.0: probes.append(1) or False)
     import models
-    monkeypatch.setattr(models, "hub_reachable", utils.hub_reachable)
+    monkeypatch.setattr(models, "hub_reachable", utils.hub.hub_reachable)
     clear_model_cache()
     start = time.monotonic()
     first = bertscore(["a"], [["a"]], UNKNOWN_HUB_NAME)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from config import ArchConfig, ModelConfig, TokenizerConfig, TokenizerTrainConfig
+from settings import ArchConfig, ModelConfig, TokenizerConfig, TokenizerTrainConfig
 from models import (build_model, export, from_hub, load_saved, load_tokenizer, same_vocabulary, scratch_model,
                     tokenizer_from_path, train_tokenizer)
-from utils import UserError
+from utils.errors import UserError
 
 TEXTS = ["the quick brown fox jumps over the lazy dog.", "hello world, this is a test!",
          "you are a stupid idiot.", "you are an unwise person."] * 20

@@ -93,7 +93,7 @@ def test_an_interrupted_overwrite_resumes_in_its_staging_directory_then_replaces
     import signal
 
     from training import Trainer
-    from utils import TrainingInterrupted
+    from utils.errors import TrainingInterrupted
     cfg, _ = finished
     out = copy_run(finished, tmp_path / "run")
     before = snapshot(out / "teacher")
@@ -184,7 +184,7 @@ def test_a_nan_stop_saves_nothing_and_points_at_the_last_good_checkpoint(finishe
 
 def test_non_finite_weights_are_never_checkpointed_nor_selected(tmp_path):
     from test_training import make_trainer
-    from utils import UserError
+    from utils.errors import UserError
     trainer, _ = make_trainer(tmp_path)
     trainer.job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainer.state.step = 2

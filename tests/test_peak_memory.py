@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 
 from benchmark.measure import measure_in_child
-from config import ArchConfig, BenchmarkConfig, TokenizerTrainConfig
+from settings import ArchConfig, BenchmarkConfig, TokenizerTrainConfig
 from demo_data import generate
 from generation import generate_texts, generation_config
 from models import export, scratch_model, train_tokenizer
-from utils import resolve_precision
+from utils.runtime import resolve_precision
 
 
 def test_peak_memory_is_each_models_own_and_predictions_match(tmp_path):

@@ -12,12 +12,13 @@ import torch
 
 import pseudo_labels as pl_mod
 from checkpoints import load_checkpoint_file
-from config import Config, from_dict
+from settings import Config, from_dict
 from data_loader import load_splits, unlabeled_sources
 from generation import generate_texts, generation_config
 from main import main
 from models import load_saved
-from utils import UserError, resolve_precision
+from utils.errors import UserError
+from utils.runtime import resolve_precision
 
 PSEUDO = {"num_beams": 2, "max_new_tokens": 10, "batch_size": 8, "shard_size": 8}
 
@@ -105,7 +106,7 @@ def dataclass_replace(obj, **kw):
 
 def test_fingerprint_covers_weights_tokenizer_sources_and_decoding(teacher_dir):
     teacher, tok = load_saved(teacher_dir, "teacher")
-    from config import BenchmarkConfig
+    from settings import BenchmarkConfig
     gen = generation_config(BenchmarkConfig(num_beams=2), teacher, tok)
     key = pl_mod.fingerprint(teacher, tok, ["a b", "c"], gen, "", 40)
     assert key == pl_mod.fingerprint(teacher, tok, ["a b", "c"], gen, "", 40)

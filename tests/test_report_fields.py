@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.core import Evaluated, compare
 from benchmark.report import write_reports
-from config import BenchmarkConfig
+from settings import BenchmarkConfig
 
 
 def _results(tmp_path):

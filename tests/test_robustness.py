@@ -9,7 +9,7 @@ import torch
 
 from main import main
 from test_training import make_trainer
-from utils import UserError
+from utils.errors import UserError
 
 
 def run(cfg_path, out, *extra):

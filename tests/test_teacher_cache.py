@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from checkpoints import load_checkpoint_file
-from config import ArchConfig, TokenizerTrainConfig
+from settings import ArchConfig, TokenizerTrainConfig
 from data_loader import Seq2SeqCollator
 from demo_data import generate
 from distiller_zoo.cache import CachedTeacher, build_cache, example_keys, open_cache, top_k_rows

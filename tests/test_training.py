@@ -7,14 +7,15 @@ import shutil
 import pytest
 import torch
 
-from config import ArchConfig, BenchmarkConfig, OptimConfig, TokenizerTrainConfig
+from settings import ArchConfig, BenchmarkConfig, OptimConfig, TokenizerTrainConfig
 from data_loader import Example, Seq2SeqCollator
 from demo_data import generate
 from main import main
 from models import scratch_model, train_tokenizer
 from checkpoints import load_checkpoint_file
 from training import Trainer, TrainJob
-from utils import UserError, resolve_precision
+from utils.errors import UserError
+from utils.runtime import resolve_precision
 
 
 def make_trainer(tmp_path, precision="fp32", accum=1, batch_size=8, dropout=0.0, n=48):

@@ -1,6 +1,6 @@
 """The README's config reference, generated from the schema's field docs.
 
-``python -m config.reference`` rewrites the section between the README's two markers; a test
+``python -m settings.reference`` rewrites the section between the README's two markers; a test
 keeps it current.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 import typing
 from pathlib import Path
 
-from config.loading import _type_name
-from config.schema import Config
+from settings.loading import _type_name
+from settings.schema import Config
 
 def reference_markdown() -> str:
     """The README's config reference, generated from the field docs (tests keep the README current)."""
@@ -56,5 +56,5 @@ def write_readme_reference(readme: Path = Path(__file__).resolve().parents[1] / 
     readme.write_text(head + start + reference_markdown() + end + rest.split(end, 1)[1], encoding="utf-8")
 
 
-if __name__ == "__main__":  # python -m config.reference: refresh the README's config reference
+if __name__ == "__main__":  # python -m settings.reference: refresh the README's config reference
     write_readme_reference()

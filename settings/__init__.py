@@ -1,9 +1,9 @@
-"""Configuration: the schema (:mod:`config.schema`), loading with one-line errors
-(:mod:`config.loading`) and the README's generated reference (:mod:`config.reference`, run as
-``python -m config.reference``; not imported here so that running it stays clean)."""
-from config.loading import (check_tree, from_dict, load_config, merge, parse_override, read_config_file,
+"""Configuration: the schema (:mod:`settings.schema`), loading with one-line errors
+(:mod:`settings.loading`) and the README's generated reference (:mod:`settings.reference`, run as
+``python -m settings.reference``; not imported here so that running it stays clean)."""
+from settings.loading import (check_tree, from_dict, load_config, merge, parse_override, read_config_file,
                             save_config, to_dict)
-from config.schema import (BEST_METRICS, CONFIG_DIR, DEMO_CONFIG, MODEL_METRICS, TEXT_METRICS, ArchConfig,
+from settings.schema import (BEST_METRICS, CONFIG_DIR, DEMO_CONFIG, MODEL_METRICS, TEXT_METRICS, ArchConfig,
                            BenchmarkConfig, Config, DataConfig, DistillConfig, ExtraModel, LossSpec, ModelConfig, PseudoLabelConfig,
                            OptimConfig, SyntheticConfig, TokenizerConfig, TokenizerTrainConfig, TrainingConfig, doc)
 

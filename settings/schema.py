@@ -2,8 +2,8 @@
 
 A config file has the sections ``teacher``, ``student``, ``data``, ``training``, ``distill`` and
 ``benchmark``. Each field carries its documentation in ``metadata["doc"]`` (rendered into the
-README by ``python -m config.reference``); ``__post_init__`` validates values and raises
-``ValueError("key: problem")``, which :mod:`config.loading` turns into a one-line user error
+README by ``python -m settings.reference``); ``__post_init__`` validates values and raises
+``ValueError("key: problem")``, which :mod:`settings.loading` turns into a one-line user error
 naming the file and the dotted key.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reading config files (JSON or YAML), ``--set`` overrides and section files into a Config.
 
-Errors are :class:`utils.UserError` with one line naming the file (or the ``--set`` flag) and
+Errors are :class:`utils.errors.UserError` with one line naming the file (or the ``--set`` flag) and
 the dotted key, e.g. ``my.yaml: training.student.lerning_rate: unknown key (did you mean
 'learning_rate'?)``, so ``main.py`` can print it and exit with code 2.
 """
@@ -19,8 +19,9 @@ from typing import Any, Union
 
 import yaml
 
-from config.schema import DEMO_CONFIG, Config, LossSpec
-from utils import UserError, atomic_write_text, one_line
+from settings.schema import DEMO_CONFIG, Config, LossSpec
+from utils.errors import one_line, UserError
+from utils.files import atomic_write_text
 
 def read_config_file(path: str | Path) -> dict:
     """Read a JSON or YAML file into a dict, with one-line errors."""
