@@ -39,7 +39,7 @@ from typing import Optional
 import numpy as np
 from nltk.translate.bleu_score import Fraction, brevity_penalty, closest_ref_length, modified_precision
 
-from metrics.core import (_BLEU_WEIGHTS, _CHRF, _SACREBLEU, _SMOOTHING, BLEU_KEYS, METRIC_GROUPS, _check_groups,
+from metrics.core import (_BLEU_WEIGHTS, _CHRF, _SACREBLEU, _SMOOTHING, BLEU_KEYS, METRIC_GROUPS, by_group,
                           _check_inputs, _rouge_per_example, bleu_tokenize, reference_streams)
 
 _CHUNK = 128  # resamples whose draw counts are held in memory at once: (_CHUNK, n) floats
@@ -121,20 +121,18 @@ def metric_statistics(predictions: Sequence[str], references: Sequence[Sequence[
                       ) -> dict[str, SufficientStats]:
     """Sufficient statistics of every key :func:`compute_metrics` returns for ``groups``,
     plus one mean metric per ``per_example`` list (``None`` entries are not counted)."""
-    groups = _check_groups(groups)
     refs = _check_inputs(predictions, references)
-    out: dict[str, SufficientStats] = {}
-    if "rouge" in groups:
-        out.update({k: mean_statistics(v) for k, v in _rouge_per_example(predictions, refs).items()})
-    if "bleu" in groups:
-        rows = _nltk_bleu_rows(predictions, refs)
-        out.update({k: SufficientStats(rows, partial(_nltk_bleu_from_sums, weights=w))
-                    for k, w in zip(BLEU_KEYS, _BLEU_WEIGHTS)})
     streams = reference_streams(refs)
-    if "sacrebleu" in groups:
-        out["sacrebleu"] = _sacrebleu_statistics(_SACREBLEU, predictions, streams)
-    if "chrf" in groups:
-        out["chrf"] = _sacrebleu_statistics(_CHRF, predictions, streams)
+
+    def bleu():
+        rows = _nltk_bleu_rows(predictions, refs)
+        return {k: SufficientStats(rows, partial(_nltk_bleu_from_sums, weights=w)) for k, w in zip(BLEU_KEYS, _BLEU_WEIGHTS)}
+    out = by_group(groups, {
+        "rouge": lambda: {k: mean_statistics(v) for k, v in _rouge_per_example(predictions, refs).items()},
+        "bleu": bleu,
+        "sacrebleu": lambda: {"sacrebleu": _sacrebleu_statistics(_SACREBLEU, predictions, streams)},
+        "chrf": lambda: {"chrf": _sacrebleu_statistics(_CHRF, predictions, streams)},
+    })
     for key, values in (per_example or {}).items():
         if len(values) != len(predictions):
             raise ValueError(f"per_example[{key!r}] has {len(values)} values for {len(predictions)} predictions")

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
@@ -150,6 +150,17 @@ def _check_groups(groups: Iterable[str] | str) -> tuple[str, ...]:
     return groups
 
 
+def by_group(groups: Iterable[str] | str, compute: dict[str, Callable[[], dict]]) -> dict:
+    """The one dispatch over metric groups: ``compute[g]()`` for each requested group, in
+    :data:`METRIC_GROUPS` order, merged into one dict of metric keys."""
+    groups = _check_groups(groups)
+    out: dict = {}
+    for g in METRIC_GROUPS:
+        if g in groups:
+            out.update(compute[g]())
+    return out
+
+
 def reference_streams(references: Sequence[Sequence[str]]) -> list[list[Optional[str]]]:
     """Transpose per-example reference lists into sacrebleu's reference streams.
 
@@ -204,20 +215,14 @@ def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
     over examples of the best-reference F-measure); "bleu" -> bleu1..bleu4 (nltk corpus
     BLEU); "sacrebleu" -> sacrebleu (corpus BLEU); "chrf" -> chrf (corpus chrF).
     """
-    groups = _check_groups(groups)
     refs = _check_inputs(predictions, references)
-    out: dict[str, float] = {}
-    if "rouge" in groups:
-        out.update({k: sum(v) / len(v) for k, v in _rouge_per_example(predictions, refs).items()})
-    if "bleu" in groups:
-        out.update(_nltk_bleu_corpus(predictions, refs))
-    if "sacrebleu" in groups or "chrf" in groups:
-        streams = reference_streams(refs)
-        if "sacrebleu" in groups:
-            out["sacrebleu"] = float(_SACREBLEU.corpus_score(list(predictions), streams).score)
-        if "chrf" in groups:
-            out["chrf"] = float(_CHRF.corpus_score(list(predictions), streams).score)
-    return out
+    streams = reference_streams(refs)
+    return by_group(groups, {
+        "rouge": lambda: {k: sum(v) / len(v) for k, v in _rouge_per_example(predictions, refs).items()},
+        "bleu": lambda: _nltk_bleu_corpus(predictions, refs),
+        "sacrebleu": lambda: {"sacrebleu": float(_SACREBLEU.corpus_score(list(predictions), streams).score)},
+        "chrf": lambda: {"chrf": float(_CHRF.corpus_score(list(predictions), streams).score)},
+    })
 
 
 def per_example_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
@@ -232,19 +237,18 @@ def per_example_scores(predictions: Sequence[str], references: Sequence[Sequence
     smoothing as corpus BLEU) and sacrebleu's with effective order, as its
     ``sentence_bleu`` does.
     """
-    groups = _check_groups(groups)
     refs = _check_inputs(predictions, references)
-    out: dict[str, list[float]] = {}
-    if "rouge" in groups:
-        out.update(_rouge_per_example(predictions, refs))
-    if "bleu" in groups:
+
+    def bleu():
         rows = [_nltk_bleu_sentence(p, r) for p, r in zip(predictions, refs)]
-        out.update({k: [row[k] for row in rows] for k in BLEU_KEYS})
-    if "sacrebleu" in groups:
-        out["sacrebleu"] = [float(_SENTENCE_SACREBLEU.sentence_score(p, r).score) for p, r in zip(predictions, refs)]
-    if "chrf" in groups:
-        out["chrf"] = [float(_SENTENCE_CHRF.sentence_score(p, r).score) for p, r in zip(predictions, refs)]
-    return out
+        return {k: [row[k] for row in rows] for k in BLEU_KEYS}
+    return by_group(groups, {
+        "rouge": lambda: _rouge_per_example(predictions, refs),
+        "bleu": bleu,
+        "sacrebleu": lambda: {"sacrebleu": [float(_SENTENCE_SACREBLEU.sentence_score(p, r).score)
+                                            for p, r in zip(predictions, refs)]},
+        "chrf": lambda: {"chrf": [float(_SENTENCE_CHRF.sentence_score(p, r).score) for p, r in zip(predictions, refs)]},
+    })
 
 
 def sacrebleu_signatures() -> dict[str, str]:
