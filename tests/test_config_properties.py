@@ -84,15 +84,21 @@ def assert_config_or_one_line(path: Path):
     assert time.perf_counter() - t0 < 5
 
 
+def planted_tree(base: dict, planted) -> dict:
+    """A copy of ``base`` with each (path, value) of ``planted`` put in place."""
+    data = copy.deepcopy(base)
+    for path, value in planted:
+        data = plant(data, path, value)
+    return data
+
+
 SETTINGS = settings(max_examples=120, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
 @given(st.sampled_from(BASES), plants)
 def test_any_json_tree_gives_a_config_or_one_line(base, planted):
-    data = copy.deepcopy(base)
-    for path, value in planted:
-        data = plant(data, path, value)
+    data = planted_tree(base, planted)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         try:
@@ -105,9 +111,7 @@ def test_any_json_tree_gives_a_config_or_one_line(base, planted):
 @SETTINGS
 @given(st.sampled_from(BASES), plants)
 def test_any_yaml_tree_gives_a_config_or_one_line(base, planted):
-    data = copy.deepcopy(base)
-    for path, value in planted:
-        data = plant(data, path, value)
+    data = planted_tree(base, planted)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(data, allow_unicode=True))
