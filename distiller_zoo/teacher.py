@@ -16,6 +16,7 @@ and attention losses (None when the source has none, e.g. the cache).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -49,15 +50,15 @@ class SparseChunk:
         return scaled - c.unsqueeze(-1), tail
 
 
-class TeacherTargets:
+class TeacherTargets(ABC):
     """The teacher's distribution at the N positions of one micro-batch."""
 
     n: int
     outputs = None
 
+    @abstractmethod
     def chunk(self, start: int, end: int):
         """Positions ``start:end``: a dense ``[n, V]`` logits tensor or a :class:`SparseChunk`."""
-        raise NotImplementedError
 
 
 class DenseTargets(TeacherTargets):
