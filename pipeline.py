@@ -235,7 +235,8 @@ def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
                     train_pairs=training_pairs(splits.train, cfg.data.train_on_all_references),
                     val_examples=splits.validation, collator=run.collator(tokenizer), run_dir=stage.run_dir,
                     checkpoint_dir=stage.checkpoint_dir, device=run.device, precision=run.precision, seed=cfg.training.seed,
-                    config=to_dict(cfg), generation=cfg.benchmark, chunk_size=cfg.distill.chunk_size, **extra)
+                    config=to_dict(cfg), generation=cfg.benchmark, chunk_size=cfg.distill.chunk_size,
+                    compile_chunks=cfg.distill.compile_chunks, **extra)
 
 
 # --------------------------------------------------------------------------- modes

@@ -69,6 +69,7 @@ class TrainJob:
     objective: Objective | None = None
     teacher: object | None = None   # a teacher source (distiller_zoo.teacher), or a bare model (run live)
     chunk_size: int = 256           # target positions per chunk of the fused loss; 0 = full logits
+    compile_chunks: bool = False    # torch.compile each chunk's loss and gradient
 
 
 class Trainer:
@@ -257,10 +258,12 @@ class Trainer:
         labels = batch["labels"]
         if self.objective is None:
             mask = labels != IGNORE_INDEX
-            ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size)
+            ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size,
+                                          self.job.compile_chunks)
             return ce, {"ce": ce}
         teacher = self.teacher.targets(batch, need)
-        return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size)
+        return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size,
+                                    self.job.compile_chunks)
 
     @staticmethod
     def _forward(model, batch, need):

@@ -53,6 +53,10 @@ SHAPES = {
 CHECK_BATCH = (4, 32, 16)
 LABEL_PADDING = 0.2  # share of the label positions that are padding (-100)
 IMPLS = ("ce", "teacher_forward", "naive", "trl", "liger", "liger_compiled", "project")
+# the project's variants timed by default: the compiled fused path, the unchunked path and the
+# cached teacher; --losses adds the compiled fused path for each other logit loss
+DEFAULT_PROJECT = ('{"compile_chunks": true}', '{"chunk_size": 0}', '{"teacher_cache": {"top_k": 32}}')
+OTHER_LOSSES = ("reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl")
 CHECKED = ("naive", "trl", "liger", "liger_compiled", "project")  # same objective, so same gradients
 GRAD_PARAMS = ("shared.weight", "decoder.final_layer_norm.weight", "encoder.block.0.layer.0.SelfAttention.q.weight",
                "decoder.block.0.layer.1.EncDecAttention.v.weight")
@@ -167,11 +171,12 @@ def project_step(student, teacher, vocab: int, options: dict, batch: dict):
     from training import Trainer, TrainJob
     from utils.runtime import resolve_precision
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    loss = options.pop("loss", "vanilla_kl")
     unknown = sorted(set(options) - fields)
     if unknown:
         raise SystemExit(f"this checkout's distill config has no {', '.join(unknown)}")
     cache = options.pop("teacher_cache", None)
-    distill = DistillConfig(ce_weight=0.5, losses=[LossSpec(options.pop("loss", "vanilla_kl"), 0.5,
+    distill = DistillConfig(ce_weight=0.5, losses=[LossSpec(loss, 0.5,
                                                             {"temperature": 1.0})], **options)
     objective = build_objective(SimpleNamespace(distill=distill))
     objective.vocab_size = vocab
@@ -179,8 +184,8 @@ def project_step(student, teacher, vocab: int, options: dict, batch: dict):
     tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1, "__len__": lambda self: vocab,
                            "get_vocab": lambda self: {}})()
     tmp = Path(tempfile.mkdtemp(prefix="kd_bench_"))
-    has_chunks = "chunk_size" in {f.name for f in dataclasses.fields(TrainJob)}  # the fused path is merged
-    extra = {"chunk_size": distill.chunk_size} if has_chunks else {}
+    job_fields = {f.name for f in dataclasses.fields(TrainJob)}   # older checkouts lack the fused path
+    extra = {k: getattr(distill, k) for k in ("chunk_size", "compile_chunks") if k in job_fields}
     job = TrainJob(role="student", optim=OptimConfig(max_steps=10_000, batch_size=1, max_grad_norm=None,
                                                      warmup_ratio=0.0, learning_rate=1e-4),
                    train_pairs=[("", "")], val_examples=[], collator=FixedBatch(batch), run_dir=tmp,
@@ -263,26 +268,38 @@ def run_worker(impl: str, shape: str, a, check: bool, out: Path | None = None, o
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def reference_of(options: dict) -> tuple[str, dict]:
+    """What a variant must agree with: the naive forward KL, or for another loss its unchunked path."""
+    loss = options.get("loss", "vanilla_kl")
+    if loss == "vanilla_kl":
+        return "naive", {}
+    ref = {"loss": loss, "chunk_size": 0}
+    return f"project[{json.dumps(ref)}]", ref
+
+
 def check_gradients(shape: str, impls: list[tuple[str, dict]], a) -> None:
-    """Every implementation's loss and student gradients on one small batch equal the naive reference."""
+    """Every implementation's loss and student gradients on one small batch equal its reference."""
     import torch
+    refs = {name: reference_of(options) for name, options in impls}
+    todo = dict(impls) | dict(refs.values())
     with tempfile.TemporaryDirectory() as d:
         results = {}
-        for name, options in impls:
-            out = Path(d) / f"{name}.pt"
+        for i, (name, options) in enumerate(todo.items()):
+            out = Path(d) / f"{i}.pt"
             r = run_worker(name.split("[")[0], shape, a, True, out, options)
             if "error" in r:
                 print(f"  check {name}: skipped ({r['error']})")
                 continue
             results[name] = torch.load(out)
-        ref = results["naive"]
         for name, r in results.items():
+            ref_name = refs.get(name, (name,))[0]
+            ref = results[ref_name]
             worst = max(float((r["grads"][k] - g).abs().max() / g.abs().max()) for k, g in ref["grads"].items())
             ok = abs(r["loss"] - ref["loss"]) <= 1e-4 * abs(ref["loss"]) and worst <= 1e-4
-            print(f"  check {name:44s} loss {r['loss']:.6f} (naive {ref['loss']:.6f}), worst relative gradient "
-                  f"difference {worst:.1e}: {'ok' if ok else 'MISMATCH'}")
+            print(f"  check {name:50s} loss {r['loss']:.6f} ({ref_name.split('[')[0]} {ref['loss']:.6f}), worst "
+                  f"relative gradient difference {worst:.1e}: {'ok' if ok else 'MISMATCH'}")
             if not ok:
-                raise SystemExit(f"{name} does not compute the naive reference's gradients; fix before timing")
+                raise SystemExit(f"{name} does not compute its reference's gradients; fix before timing")
 
 
 def main(argv=None) -> int:
@@ -290,7 +307,10 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--project", action="append", default=[],
-                   help='extra project variant as JSON distill options, e.g. \'{"chunk_size": 0}\' (repeatable)')
+                   help='project variant as JSON distill options, e.g. \'{"chunk_size": 0}\' (repeatable; default: '
+                        + " ".join(DEFAULT_PROJECT) + ")")
+    p.add_argument("--losses", default="", help=f"also time the compiled fused path with these losses "
+                                                f"(comma-separated, or 'all' = {','.join(OTHER_LOSSES)})")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1, help="processes per implementation, run round-robin")
@@ -306,7 +326,9 @@ def main(argv=None) -> int:
         return 0
     import torch
     impls = [(i, {}) for i in a.impls.split(",")]
-    impls += [(f"project[{o}]", json.loads(o)) for o in a.project]
+    impls += [(f"project[{o}]", json.loads(o)) for o in a.project or DEFAULT_PROJECT]
+    losses = OTHER_LOSSES if a.losses == "all" else [x for x in a.losses.split(",") if x]
+    impls += [(f"project[{json.dumps(o)}]", o) for o in ({"loss": x, "compile_chunks": True} for x in losses)]
     print(f"machine: {platform.machine()} {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}, "
           f"torch {torch.__version__}, {a.threads} threads; load average at start {os.getloadavg()[0]:.2f}")
     checked = set()
@@ -353,7 +375,32 @@ def print_table(shape, vocab, dims, rows) -> None:
               f"{r['extra_mb']:9.0f} {r['load']:.1f}")
     if floor:
         print(f"  floor (CE step + teacher forward): {floor:.3f} s")
+    print_targets(rows)
     sys.stdout.flush()
+
+
+def print_targets(rows: dict) -> None:
+    """The issue's targets as ratios of this table's medians (and extra memory)."""
+    med = {k: statistics.median(r["times"]) for k, r in rows.items() if "times" in r}
+    mem = {k: r["extra_mb"] for k, r in rows.items() if "times" in r}
+    fused = 'project[{"compile_chunks": true}]'
+
+    def line(what, num, den, limit, memory=False):
+        if num in med and den in med:
+            x = (mem if memory else med)[num] / max((mem if memory else med)[den], 1e-9)
+            ok = x <= limit
+            print(f"  target {what:58s} {x:5.2f}x (<= {limit:.2f}x): {'met' if ok else 'NOT met'}")
+    print("  targets (ratios of medians; memory: extra MB):")
+    line("fused KD step / Liger compiled, time", fused, "liger_compiled", 1.0)
+    line("fused KD step / Liger compiled, memory", fused, "liger_compiled", 1.0, memory=True)
+    for name in med:
+        if name.startswith('project[{"loss"'):
+            loss = json.loads(name[len("project["):-1])["loss"]
+            line(f"fused {loss} step / Liger compiled (forward KL), time", name, "liger_compiled", 1.0)
+            line(f"fused {loss} step / Liger compiled (forward KL), memory", name, "liger_compiled", 1.0, memory=True)
+    line("fused KD step / naive, time (>= 2.5x faster)", fused, "naive", 0.4)
+    line("fused KD step / TRL, time (>= 2.5x faster)", fused, "trl", 0.4)
+    line("cached-teacher step / CE-only step, time", 'project[{"teacher_cache": {"top_k": 32}}]', "ce", 1.10)
 
 
 if __name__ == "__main__":

@@ -25,28 +25,55 @@ def chunk_terms(logits: torch.Tensor, labels: torch.Tensor, teacher_chunk,
     return torch.stack([ce, *(loss.chunk_losses(z, teacher_chunk).sum() for loss in losses)])
 
 
+def _weighted_terms(h, w, b, labels, teacher_chunk, losses, w_vec):
+    """``(weights . terms, terms)`` of one chunk: the function whose gradient the chunk loop needs."""
+    terms = chunk_terms(F.linear(h, w, b), labels, teacher_chunk, losses)
+    return (terms * w_vec).sum(), terms
+
+
+def _eager_grads(need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
+    """``(grads of (h, w[, b]), terms)`` through ordinary autograd."""
+    with torch.enable_grad():
+        h, w = h.requires_grad_(), w.requires_grad_()
+        b = None if b is None else b.requires_grad_(need_b)
+        total, terms = _weighted_terms(h, w, b, labels, teacher_chunk, losses, w_vec)
+        return torch.autograd.grad(total, (h, w, b) if need_b else (h, w)), terms.detach()
+
+
+# torch.compile of the same function: the elementwise passes over the [chunk, V] logits (two
+# log-softmaxes, the loss terms, their backward) fuse into a few loops, ~1.5x faster chunk math
+# after a one-off compile (~15 s on CPU). Dynamic shapes, so the shorter last chunk reuses it.
+# One compiled function with and one without a trained bias; dynamo guards on the losses.
+_COMPILED: dict[bool, object] = {}
+
+
+def _compiled_grads(need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
+    if need_b not in _COMPILED:
+        argnums = (0, 1, 2) if need_b else (0, 1)
+        _COMPILED[need_b] = torch.compile(torch.func.grad_and_value(_weighted_terms, argnums=argnums, has_aux=True),
+                                          dynamic=True)
+    grads, (_, terms) = _COMPILED[need_b](h, w, b, labels, teacher_chunk, losses, w_vec)
+    return grads, terms
+
+
 class _FusedChunks(torch.autograd.Function):
     """Forward: the term sums and, chunk by chunk, the gradient of ``weights . terms``."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size):
-        grad_h = torch.zeros_like(hidden)
-        grad_w = torch.zeros_like(weight)
+    def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size, compile):
         need_b = bias is not None and bias.requires_grad   # BART's final_logits_bias is a buffer
+        grad_h, grad_w = torch.zeros_like(hidden), torch.zeros_like(weight)
         grad_b = torch.zeros_like(bias) if need_b else None
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32   # float64 in the math tests
         sums = torch.zeros(len(weights), dtype=acc, device=hidden.device)
         w_vec = torch.tensor(weights, dtype=acc, device=hidden.device)
+        chunk_grads = _compiled_grads if compile else _eager_grads
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
-            with torch.enable_grad():
-                h = hidden[start:end].detach().requires_grad_()
-                w = weight.detach().requires_grad_()
-                b = None if bias is None else bias.detach().requires_grad_(need_b)
-                t_chunk = None if teacher is None else teacher.chunk(start, end)
-                terms = chunk_terms(F.linear(h, w, b), labels[start:end], t_chunk, losses)
-                inputs = (h, w, b) if need_b else (h, w)
-                grads = torch.autograd.grad((terms * w_vec).sum(), inputs)
+            t_chunk = None if teacher is None else teacher.chunk(start, end)
+            grads, terms = chunk_grads(need_b, hidden[start:end].detach(), weight.detach(),
+                                       None if bias is None else bias.detach(), labels[start:end], t_chunk,
+                                       losses, w_vec)
             grad_h[start:end] = grads[0]
             grad_w += grads[1]
             if need_b:
@@ -60,19 +87,22 @@ class _FusedChunks(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_sums):
         grad_h, grad_w, *rest = ctx.saved_tensors
         grad_b = rest[0] * grad_total if rest else None
-        return grad_h * grad_total, grad_w * grad_total, grad_b, None, None, None, None, None
+        return grad_h * grad_total, grad_w * grad_total, grad_b, None, None, None, None, None, None
 
 
 def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tensor, teacher,
-                          ce_weight: float, losses: list[LogitLoss], weights: list[float], chunk_size: int):
+                          ce_weight: float, losses: list[LogitLoss], weights: list[float], chunk_size: int,
+                          compile: bool = False):
     """``(ce_weight * CE + sum_i weights_i * loss_i, [CE, loss_1, ...])``, all sums over N positions.
 
     hidden ``[N, d]`` (the student's final decoder states at the unmasked positions), labels
     ``[N]``, teacher a ``TeacherTargets`` over the same N positions (None for CE alone).
-    Losses with weight 0 should not be passed: they would cost a full pass for nothing."""
+    Losses with weight 0 should not be passed: they would cost a full pass for nothing.
+    ``compile``: run each chunk's loss and gradient through ``torch.compile`` (same values)."""
     all_weights = [float(ce_weight), *map(float, weights)]
     if chunk_size <= 0:   # the plain path: full [N, V] logits, ordinary autograd
         terms = chunk_terms(head(hidden), labels, None if teacher is None else teacher.chunk(0, hidden.shape[0]),
                             losses)
         return (terms * torch.tensor(all_weights, dtype=terms.dtype, device=terms.device)).sum(), terms.detach()
-    return _FusedChunks.apply(hidden, head.weight, head.bias, labels, teacher, losses, all_weights, chunk_size)
+    return _FusedChunks.apply(hidden, head.weight, head.bias, labels, teacher, losses, all_weights, chunk_size,
+                              compile)

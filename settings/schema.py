@@ -348,6 +348,9 @@ class DistillConfig:
     chunk_size: int = doc("Target positions per chunk of the fused loss: CE and the logit losses run chunk by "
                           "chunk from the decoder states, never holding [batch, length, vocab] logits (also the "
                           "teacher's CE in train_teacher). 0 = the unchunked path with full logits.", 256)
+    compile_chunks: bool = doc("torch.compile each chunk's loss and gradient (fused path): the elementwise work "
+                               "over the [chunk, vocab] logits fuses, ~1.5x faster loss math for a one-off compile "
+                               "of ~15 s; worth it for long runs. Needs a C++ compiler on CPU, Triton on GPU.", False)
     teacher_cache: Optional[TeacherCacheConfig] = doc("Distill from a cached top-K teacher instead of running it "
                                                       "every step, e.g. {top_k: 32}; logit losses only.", None)
 
