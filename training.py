@@ -7,13 +7,21 @@ tokens in the whole window, so unequal micro-batches weigh every token equally.
 
 Data order is a pure function of (seed, epoch), and checkpoints record the position
 (epoch, window) and all RNG states, so a resumed run continues exactly where it stopped.
+
+Under torchrun (utils.distributed) the global micro-batch is ``batch_size`` x the number of ranks,
+cut from the same (seed, epoch) order, and each rank takes its share of every micro-batch; the
+student (with any trainable loss parts) is wrapped in DistributedDataParallel and the loss is
+divided by the window's *global* token count, so N ranks x batch b take exactly the steps of one
+process with batch N*b. Rank 0 alone writes; every rank reads the same checkpoints.
 """
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +40,8 @@ from generation import generate_texts, generation_config
 from utils.errors import one_line, TrainingInterrupted, UserError
 from utils.files import atomic_write, atomic_write_text
 from utils.logs import log
-from utils.runtime import GracefulStop, Precision
+from utils import distributed as dist
+from utils.runtime import GracefulStop, Precision, set_seed
 
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
 
@@ -79,7 +88,9 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(job.device)
         o = job.optim
-        self.micro_batches = math.ceil(len(job.train_pairs) / o.batch_size)
+        self.world = dist.world_size()
+        self.global_batch = o.batch_size * self.world  # pairs per micro-step, over all ranks
+        self.micro_batches = math.ceil(len(job.train_pairs) / self.global_batch)
         self.windows_per_epoch = math.ceil(self.micro_batches / o.gradient_accumulation_steps)
         self.total_steps = o.max_steps or o.epochs * self.windows_per_epoch
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o.learning_rate, betas=tuple(o.adam_betas))
@@ -91,6 +102,19 @@ class Trainer:
         self._order: tuple[int, list] | None = None
         self.metric_for_best = o.metric_for_best
         self.greater_is_better = o.metric_for_best != "loss"
+        self.ddp = self._wrap_ddp() if self.world > 1 else None
+        if dist.rank() > 0:  # rank 0 keeps the single-process RNG stream; the others get their own dropout
+            set_seed(job.seed * 1_000_003 + dist.rank())
+
+    def _wrap_ddp(self):
+        """The student and the trainable loss parts in one DistributedDataParallel (their gradients
+        are averaged over the ranks in one all-reduce per optimizer step; see train_step)."""
+        from torch.nn.parallel import DistributedDataParallel
+        device = self.job.device
+        # The models hold no running statistics (no batch norm): no buffers to broadcast per forward.
+        return DistributedDataParallel(_Trainable(self.trainable_modules()),
+                                       device_ids=[device.index] if device.type == "cuda" else None,
+                                       forward_sync_buffers=False)
 
     # ------------------------------------------------------------------ setup
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
@@ -108,17 +132,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ data order
     def window_batches(self, epoch: int, window: int) -> list[list[tuple[str, str]]]:
-        """The micro-batches (lists of pairs) of one accumulation window; order fixed by (seed, epoch)."""
+        """This rank's micro-batches (lists of pairs) of one accumulation window; order fixed by (seed,
+        epoch). Under torchrun each global micro-batch is shared out among the ranks (a rank's share
+        may be empty at the end of an epoch)."""
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, self._epoch_batches(epoch))
         accum = self.job.optim.gradient_accumulation_steps
         first = window * accum
         last = min(first + accum, self.micro_batches)
-        return [[self.job.train_pairs[i] for i in b] for b in self._order[1][first:last]]
+        return [[self.job.train_pairs[i] for i in dist.shard(b)] for b in self._order[1][first:last]]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """A (seed, epoch)-shuffled order cut into micro-batches, grouped by length when configured."""
-        job, bs = self.job, self.job.optim.batch_size
+        """A (seed, epoch)-shuffled order cut into global micro-batches, grouped by length when configured."""
+        job, bs = self.job, self.global_batch
         g = torch.Generator().manual_seed(job.seed * 1000 + epoch)
         perm = torch.randperm(len(job.train_pairs), generator=g).tolist()
         plain = [perm[i:i + bs] for i in range(0, len(perm), bs)]
@@ -140,22 +166,26 @@ class Trainer:
             r = self.state.resumes[-1]
             log.info("%s: resumed from %s at step %d (epoch %d)%s", job.role, r["checkpoint"], r["step"],
                      self.state.epoch, "; changed: " + "; ".join(r["changed"]) if r["changed"] else "")
-        _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps a resume will redo
+        main = dist.is_main()  # rank 0 alone writes the metrics (every rank holds the same numbers)
+        if main:
+            _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps a resume will redo
+        ranks = f" x {self.world} ranks" if self.world > 1 else ""
         log.info("%s: %d training pairs, %d validation examples, %d optimizer steps (%d per epoch), "
-                 "batch %d x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
-                 len(job.val_examples), self.total_steps, self.windows_per_epoch, job.optim.batch_size,
+                 "batch %d%s x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
+                 len(job.val_examples), self.total_steps, self.windows_per_epoch, job.optim.batch_size, ranks,
                  job.optim.gradient_accumulation_steps, job.precision.name, job.device)
         if self.objective is not None:
             log.info("student objective: %s", self.objective.formula())
         self.model.train()
-        metrics_file = open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        progress = _progress(self.total_steps, self.state.step, job.role)
+        metrics_file = open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8") if main else None
+        progress = _progress(self.total_steps, self.state.step, job.role) if main else _NullProgress()
         try:
             with GracefulStop() as stop:
                 self._loop(metrics_file, progress, stop)
         finally:
             progress.close()
-            metrics_file.close()
+            if metrics_file:
+                metrics_file.close()
         return self.finish()
 
     def _loop(self, metrics_file, progress, stop: GracefulStop) -> None:
@@ -178,23 +208,35 @@ class Trainer:
                 if job.val_examples:
                     _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
                 saved = self.save_checkpoint()
-            if stop.signum is not None:
-                raise TrainingInterrupted(stop.signum, self.state.step, saved or self.save_checkpoint())
+            # A signal may reach one rank only: all stop after the same step, with one checkpoint.
+            if dist.any_rank(stop.signum is not None):
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, self.state.step,
+                                          saved or self.save_checkpoint())
 
     def train_step(self, window: list[list[tuple[str, str]]]) -> dict:
         """One optimizer step over an accumulation window; returns the step's log record."""
         job = self.job
-        batches = [self._to_device(job.collator(pairs)) for pairs in window]
-        n_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        # A rank whose share of a micro-batch is empty runs one pair with weight 0: DDP needs every
+        # rank in every gradient all-reduce.
+        weights = [1.0 if pairs else 0.0 for pairs in window]
+        batches = [self._to_device(job.collator(pairs or job.train_pairs[:1])) for pairs in window]
+        n_tokens = int(dist.sum_all([sum(w * int((b["labels"] != IGNORE_INDEX).sum())
+                                         for w, b in zip(weights, batches))])[0])
+        # DDP averages gradients over the ranks; times world it is their sum, the whole window's.
+        scale = self.world / n_tokens
         sums: dict[str, float] = {}
-        for batch in batches:
-            with job.precision.autocast():
-                total, terms = self.loss_sums(batch)
-            # Divide once by the window's token count: the gradient equals that of one big batch.
-            self.scaler.scale(total / n_tokens).backward()
+        for i, (batch, w) in enumerate(zip(batches, weights)):
+            # Gradients are all-reduced once per window: not on the accumulating micro-steps.
+            sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else nullcontext()
+            with sync:
+                with job.precision.autocast():
+                    total, terms = self.loss_sums(batch)
+                # Divide once by the window's token count: the gradient equals that of one big batch.
+                self.scaler.scale(total * (w * scale)).backward()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+                sums[k] = sums.get(k, 0.0) + w * float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + w * float(total.detach())
+        sums = dict(zip(sums, dist.sum_all(list(sums.values()))))  # every rank logs the global numbers
         loss = sums["loss"] / n_tokens
         self._check_finite(loss)
         self.scaler.unscale_(self.optimizer)
@@ -252,7 +294,7 @@ class Trainer:
         chunk from its final decoder states (distiller_zoo.fused); the teacher answers through
         the seam (live, cached, ...), whichever kind it is."""
         need = self.objective.requires if self.objective is not None else frozenset()
-        out, hidden = decoder_states(self.model, batch, need)
+        out, hidden = self.ddp(batch, need) if self.ddp is not None else decoder_states(self.model, batch, need)
         head = lm_head(self.model, len(self.tokenizer))
         labels = batch["labels"]
         if self.objective is None:
@@ -308,8 +350,9 @@ class Trainer:
         return result
 
     def _validation_loss(self) -> float:
+        """CE per target token over the validation split; under torchrun each rank scores its shard."""
         job = self.job
-        pairs = [(e.source, e.references[0]) for e in job.val_examples]
+        pairs = dist.shard([(e.source, e.references[0]) for e in job.val_examples])
         total, tokens = 0.0, 0
         for i in range(0, len(pairs), job.optim.eval_batch_size):
             batch = self._to_device(job.collator(pairs[i:i + job.optim.eval_batch_size]))
@@ -317,16 +360,20 @@ class Trainer:
                 out = self._forward(self.model, batch, frozenset())
             total += float(cross_entropy_sum(out.logits, batch["labels"], len(self.tokenizer)))
             tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+        total, tokens = dist.sum_all([total, tokens])
         return total / max(tokens, 1)
 
     def _generation_metrics(self) -> dict:
         from metrics import compute_metrics
         job = self.job
         examples = job.val_examples[:job.optim.eval_generate_samples]
-        preds, _ = generate_texts(self.model, self.tokenizer, [e.source for e in examples],
+        mine = dist.shard([e.source for e in examples])  # each rank decodes its shard; all score all of them
+        preds, _ = generate_texts(self.model, self.tokenizer, mine,
                                   prefix=job.collator.prefix, max_source_length=job.collator.max_source_length,
                                   gen_config=generation_config(job.generation, self.model, self.tokenizer),
-                                  batch_size=job.optim.eval_batch_size, device=job.device, precision=job.precision)
+                                  batch_size=job.optim.eval_batch_size, device=job.device,
+                                  precision=job.precision) if mine else ([], 0)
+        preds = [p for part in dist.all_gather(preds) for p in part]
         scores = compute_metrics(preds, [e.references for e in examples])
         scores["bleu"] = scores.get("bleu4", scores.get("sacrebleu"))
         if self.metric_for_best not in scores:
@@ -346,6 +393,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_weights(self, path: Path) -> None:
+        if not dist.is_main():
+            return
         state = {name: m.state_dict() for name, m in self.trainable_modules().items()}
         save_checkpoint_file({"weights": state, "step": self.state.step, "config": self.job.config}, path)
 
@@ -360,16 +409,20 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "rng_ranks": dist.all_gather(rng_state()),  # each rank's dropout stream, restored per rank
+            "world_size": self.world,
             "state": asdict(s),
             "role": job.role,
             "total_steps": self.total_steps,
             "config": job.config,
         }
         path = job.checkpoint_dir / f"step_{s.step:08d}.pt"
-        save_checkpoint_file(payload, path)
-        for old in sorted(job.checkpoint_dir.glob("step_*.pt"))[:-job.optim.save_total_limit]:
-            old.unlink()
-        log.info("%s checkpoint saved: %s", job.role, path)
+        if dist.is_main():
+            save_checkpoint_file(payload, path)
+            for old in sorted(job.checkpoint_dir.glob("step_*.pt"))[:-job.optim.save_total_limit]:
+                old.unlink()
+            log.info("%s checkpoint saved: %s", job.role, path)
+        dist.barrier()  # no rank leaves (e.g. stopped by a signal) before the checkpoint is complete
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -382,6 +435,7 @@ class Trainer:
                             f"pass the {role}'s checkpoint or 'auto'")
         check_format(ckpt, path)
         saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+        saved = self._check_global_batch(saved, ckpt.get("world_size", 1), path)
         for name, module in self.trainable_modules().items():
             try:
                 module.load_state_dict(ckpt["weights"][name])
@@ -404,14 +458,38 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             if self.scaler.is_enabled() and ckpt["scaler"]:
                 self.scaler.load_state_dict(ckpt["scaler"])  # a fp32/bf16 checkpoint has no scale to restore
-            set_rng_state(ckpt["rng"])
             self.state = TrainState(**ckpt["state"])
+            self._restore_rng(ckpt)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise UserError(f"checkpoint {path} does not match this version's format ({one_line(e, 120)}); resume "
                             f"it with the version that wrote it, or start the stage over with --overwrite") from None
         if changed:
             self._apply_resume_changes()
         self.state.resumes.append({"step": self.state.step, "checkpoint": str(path), "changed": changed})
+
+    def _check_global_batch(self, saved: dict, saved_world: int, path: Path) -> dict:
+        """A run saved with N ranks resumes with M ranks when batch_size x ranks (the global micro-batch,
+        which fixes the data order) is unchanged; returns ``saved`` with this run's per-rank batch size."""
+        role = self.job.role
+        optim = saved.get("training", {}).get(role)
+        if not isinstance(optim, dict) or "batch_size" not in optim:
+            return saved
+        was = optim["batch_size"] * saved_world
+        if was != self.global_batch:
+            fits = f"--set training.{role}.batch_size={was // self.world}" if was % self.world == 0 else \
+                f"a number of ranks that divides {was}"
+            raise UserError(f"checkpoint {path} was saved with {saved_world} rank(s) x batch_size {optim['batch_size']} "
+                            f"= {was} pairs per micro-step, this run has {self.world} x {self.job.optim.batch_size} = "
+                            f"{self.global_batch}; resume with {fits} to keep the data order")
+        return {**saved, "training": {**saved["training"], role: {**optim, "batch_size": self.job.optim.batch_size}}}
+
+    def _restore_rng(self, ckpt: dict) -> None:
+        """Each rank continues its own RNG streams; a rank the saving run did not have gets fresh ones."""
+        saved, r = ckpt.get("rng_ranks") or [ckpt["rng"]], dist.rank()
+        if r < len(saved):
+            set_rng_state(saved[r])
+        else:
+            set_seed(self.job.seed * 1_000_003 + r + 7919 * self.state.step)
 
     def _apply_resume_changes(self) -> None:
         """Write the configured peak learning rate and weight decay into the restored optimizer and
@@ -428,6 +506,10 @@ class Trainer:
     def finish(self) -> Path:
         """Load the best weights (if validated) and export model + tokenizer to <run_dir>/final."""
         from models import export
+        final = self.job.run_dir / "final"
+        if not dist.is_main():  # rank 0 exports; the others wait so that the next stage finds the model
+            dist.barrier()
+            return final
         best = self.job.checkpoint_dir / "best.pt"
         if self.state.best_step is not None and best.is_file():
             self.model.load_state_dict(load_checkpoint_file(best)["weights"]["model"])
@@ -439,6 +521,7 @@ class Trainer:
                    "metric_for_best": self.metric_for_best, "best_metric": self.state.best_metric,
                    "validation": self.state.history, "resumes": self.state.resumes}
         atomic_write_text(self.job.run_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
+        dist.barrier()
         return final
 
 
@@ -452,6 +535,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 def _write_jsonl(f, record: dict) -> None:
+    if f is None:  # not rank 0
+        return
     f.write(json.dumps(record) + "\n")
     f.flush()
 
@@ -460,6 +545,19 @@ def _fmt_terms(record: dict) -> str:
     skip = {"step", "epoch", "loss", "lr", "tokens_per_s"}
     terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
     return f"{terms} ({record.get('tokens_per_s', 0):.0f} tok/s)"
+
+
+class _Trainable(torch.nn.Module):
+    """What DistributedDataParallel wraps: the student and the trainable loss parts (feature
+    projections), so both are synchronised. Its forward is the student's decoder pass; the loss is
+    computed outside from those states (a projection's gradient still reaches DDP's hooks)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+
+    def forward(self, batch: dict, need: frozenset):
+        return decoder_states(self.parts["model"], batch, need)
 
 
 class _NullProgress:

@@ -16,6 +16,7 @@ from benchmark.quality import LOWER_IS_BETTER, intervals, paired, score
 from benchmark.report import write_reports
 from generation import generation_config
 from metrics import sacrebleu_signatures
+from utils import distributed as dist
 from utils.errors import UserError
 from utils.logs import log
 
@@ -37,6 +38,8 @@ def run_benchmark(models: list[BenchModel], run) -> dict:
     models = models + reference_rows(models, cfg.baselines)
     log.info("benchmark: %d %s examples, models %s", len(examples), cfg.split, ", ".join(m.name for m in models))
     evaluated = [evaluate_model(m, examples, run) for m in models]
+    if not dist.is_main():  # under torchrun the other ranks only decoded their shards; rank 0 scores and reports
+        return {}
     records = [e.record for e in evaluated]
     results = {
         "split": cfg.split,
@@ -89,7 +92,7 @@ class Evaluated(NamedTuple):
 
 
 def evaluate_model(bm: BenchModel, examples, run) -> Evaluated:
-    """Quality (with intervals), speed, memory and size of one model."""
+    """Quality (with intervals), speed, memory and size of one model (None on ranks other than 0)."""
     cfg = run.cfg.benchmark
     sources = [e.source for e in examples]
     record = {"name": bm.name, "path": str(bm.path) if bm.path else None}
@@ -97,6 +100,8 @@ def evaluate_model(bm: BenchModel, examples, run) -> Evaluated:
         preds = list(sources)
     else:
         preds = _measure(bm, sources, run, record)
+    if not dist.is_main():
+        return None
     record["metrics"], per_example, notes = score(cfg, examples, preds, run.device)
     record["ci"] = intervals(cfg, examples, preds, per_example)
     _write_predictions(run.output_dir / f"predictions_{bm.name}.jsonl", examples, preds)
@@ -111,13 +116,28 @@ def _measure(bm: BenchModel, sources, run, record: dict) -> list[str]:
     record["generation_config"] = gen_config.to_diff_dict()
     gen = dict(prefix=data.prefix, max_source_length=data.max_source_length, gen_config=gen_config,
                batch_size=cfg.batch_size)
-    with _saved(bm) as directory:
-        preds, measured = measure_in_child(directory, sources, gen, run.device, run.precision, cfg.warmup_batches,
-                                           cfg.latency_samples)
+    with _saved(bm) as directory:  # under torchrun: each rank decodes its shard, rank 0 gathers them
+        preds, measured = measure_in_child(directory, dist.shard(sources), gen, run.device, run.precision,
+                                           cfg.warmup_batches, cfg.latency_samples)
+    if dist.world_size() > 1:
+        gathered = dist.all_gather((preds, measured))
+        preds = [p for part, _ in gathered for p in part]
+        measured = sharded_speed([m for _, m in gathered], len(sources))
     total, trainable = count_parameters(bm.model)
     record.update(params_total=total, params_trainable=trainable, size_on_disk_mb=disk_mb(bm.model, bm.path),
                   **measured)
     return preds
+
+
+def sharded_speed(parts: list[dict], n_sources: int) -> dict:
+    """Throughput of the ranks together (all sources over the slowest rank's time), the highest peak
+    memory of one rank; the latencies are rank 0's (each rank times its own samples alike)."""
+    seconds = max(p["generation_s"] for p in parts)
+    tokens = sum(p["tokens_per_s"] * p["generation_s"] for p in parts)
+    out = dict(parts[0], generation_s=seconds, samples_per_s=round(n_sources / seconds, 3),
+               tokens_per_s=round(tokens / seconds, 1), peak_memory_mb=max(p["peak_memory_mb"] for p in parts),
+               ranks=len(parts))
+    return out
 
 
 @contextmanager
