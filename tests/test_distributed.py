@@ -279,3 +279,24 @@ def test_sharded_speed_counts_all_sources_over_the_slowest_rank():
     assert out["generation_s"] == 4.0 and out["samples_per_s"] == round(11 / 4.0, 3)
     assert out["tokens_per_s"] == round((2 * 50 + 4 * 20) / 4.0, 1)
     assert out["peak_memory_mb"] == 12.0 and out["ranks"] == 2
+
+
+def test_under_torchrun_cuda_takes_the_gpu_of_local_rank_and_nccl(monkeypatch):
+    """No GPU here: torch.cuda and init_process_group are stood in for, to check what setup asks of them."""
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for var, value in (("RANK", "3"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("set_device", i))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: calls.setdefault("backend", backend))
+    assert dist.setup(torch.device("cuda")) == torch.device("cuda", 1)
+    assert calls == {"set_device": 1, "backend": "nccl"}
+    calls.clear()
+    dist.setup(torch.device("cpu"))
+    assert calls == {"backend": "gloo"}
+    monkeypatch.setenv("LOCAL_RANK", "2")  # a third process on a node of two GPUs
+    with pytest.raises(UserError, match="LOCAL_RANK 2 but this node has 2 GPUs"):
+        dist.setup(torch.device("cuda"))
