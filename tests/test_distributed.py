@@ -171,8 +171,8 @@ def test_sigterm_to_one_rank_stops_both_after_a_common_step(runs):
     (tmp / "stop.json").write_text(json.dumps(c))
     out = tmp / "stopped"
     shutil.copytree(runs["two"] / "teacher", out / "teacher")
-    proc = subprocess.Popen(torchrun_command(*distill(out, tmp / "stop.json", "--set", "training.student.batch_size=8")),
-                            cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = torchrun_command(*distill(out, tmp / "stop.json", "--set", "training.student.batch_size=8"))
+    proc = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     head = []
     try:
         for line in proc.stdout:  # rank 0's progress lines

@@ -119,9 +119,10 @@ class CheckpointMixin:
         if was != self.global_batch:
             fits = f"--set training.{role}.batch_size={was // self.world}" if was % self.world == 0 else \
                 f"a number of ranks that divides {was}"
-            raise UserError(f"checkpoint {path} was saved with {saved_world} rank(s) x batch_size {optim['batch_size']} "
-                            f"= {was} pairs per micro-step, this run has {self.world} x {self.job.optim.batch_size} = "
-                            f"{self.global_batch}; resume with {fits} to keep the data order")
+            raise UserError(f"checkpoint {path} was saved with {saved_world} rank(s) x batch_size "
+                            f"{optim['batch_size']} = {was} pairs per micro-step, this run has {self.world} x "
+                            f"{self.job.optim.batch_size} = {self.global_batch}; resume with {fits} to keep the "
+                            f"data order")
         return {**saved, "training": {**saved["training"], role: {**optim, "batch_size": self.job.optim.batch_size}}}
 
     def _restore_rng(self, ckpt: dict) -> None:
