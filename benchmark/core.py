@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def _measure(bm: BenchModel, sources, run, record: dict) -> list[str]:
     record["generation_config"] = gen_config.to_diff_dict()
     gen = dict(prefix=data.prefix, max_source_length=data.max_source_length, gen_config=gen_config,
                batch_size=cfg.batch_size)
-    with _saved(bm) as directory:  # under torchrun: each rank decodes its shard, rank 0 gathers them
+    with _saved(bm, run.output_dir) as directory:  # under torchrun: each rank decodes its shard, rank 0 gathers them
         preds, measured = measure_in_child(directory, dist.shard(sources), gen, run.device, run.precision,
                                            cfg.warmup_batches, cfg.latency_samples)
     if dist.world_size() > 1:
@@ -141,10 +142,23 @@ def sharded_speed(parts: list[dict], n_sources: int) -> dict:
 
 
 @contextmanager
-def _saved(bm: BenchModel):
+def _saved(bm: BenchModel, output_dir: Path):
     """The model's directory, or a temporary copy for a model that has none (hub, random weights)."""
     if bm.path is not None and (Path(bm.path) / "config.json").is_file():
         yield Path(bm.path)
+        return
+    if dist.world_size() > 1:  # under torch.distributed transformers saves on rank 0 only: share its copy
+        directory = Path(output_dir) / f".{bm.name}.model.tmp"
+        if dist.is_main():
+            bm.model.save_pretrained(directory, safe_serialization=True)
+            bm.tokenizer.save_pretrained(directory)
+        dist.barrier()
+        try:
+            yield directory
+        finally:
+            dist.barrier()
+            if dist.is_main():
+                shutil.rmtree(directory, ignore_errors=True)
         return
     with tempfile.TemporaryDirectory() as tmp:
         bm.model.save_pretrained(tmp, safe_serialization=True)

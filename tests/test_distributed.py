@@ -39,7 +39,8 @@ def config(tmp: Path, **student) -> Path:
                                     batch_size=16, **student)
     # hidden_mse: a trainable projection (student d_model 32 -> teacher 48) synchronised with the student
     c["distill"]["losses"].append({"name": "hidden_mse", "weight": 0.3, "layers": "last"})
-    c["benchmark"].update(metrics=["rouge"], bootstrap_samples=0, latency_samples=0, baselines=[], max_samples=11)
+    c["benchmark"].update(metrics=["rouge"], bootstrap_samples=0, latency_samples=0, baselines=["untrained_student"],
+                          max_samples=11)
     path = tmp / f"config{len(list(tmp.glob('config*.json')))}.json"
     path.write_text(json.dumps(c))
     return path
@@ -233,11 +234,15 @@ def test_a_benchmark_under_two_ranks_scores_each_example_once(runs):
     assert main(list(map(str, args(b1)))) == 0
     proc = torchrun(*args(b2), cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = lambda d: [json.loads(line) for line in (d / "predictions_student.jsonl").read_text().splitlines()]
-    assert len(rows(b2)) == 11 and rows(b2) == rows(b1)
+    # untrained_student: a model without a directory, which transformers saves on rank 0 only
+    for name in ("student", "untrained_student"):
+        rows = lambda d: [json.loads(line) for line in (d / f"predictions_{name}.jsonl").read_text().splitlines()]
+        assert len(rows(b2)) == 11 and rows(b2) == rows(b1)
     r1, r2 = (json.loads((d / "benchmark_results.json").read_text()) for d in (b1, b2))
-    assert r2["num_examples"] == 11 and r2["models"][0]["metrics"] == r1["models"][0]["metrics"]
-    assert r2["models"][0]["ranks"] == 2 and "ranks" not in r1["models"][0]
+    assert r2["num_examples"] == 11 and [m["name"] for m in r2["models"]] == ["student", "untrained_student"]
+    for m1, m2 in zip(r1["models"], r2["models"]):
+        assert m2["metrics"] == m1["metrics"] and m2["ranks"] == 2 and "ranks" not in m1
+    assert not list(b2.glob(".*.tmp"))
     assert proc.stdout.count("benchmark student:") == 1 and proc.stdout.count("benchmark reports written") == 1
 
 
