@@ -107,10 +107,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     from utils.errors import TrainingInterrupted, UserError
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank prints its error, marked when not 0
+    mark = f"[rank {rank}] " if rank else ""
     try:
         return run(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{mark}error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         if "can't allocate memory" in str(e):  # the CPU allocator: a model or batch larger than the RAM
@@ -124,11 +126,19 @@ def main(argv=None) -> int:
               "or use precision bf16/fp16", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"{e}. Resume with: {resume_command(argv, launcher())}", file=sys.stderr)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # our argv is torchrun's child's, not the user's command
+            if not rank:
+                print(f"{e}. Resume with the same torchrun command (any number of processes) ending in: "
+                      f"{resume_command(argv, ['main.py'])}", file=sys.stderr)
+        else:
+            print(f"{e}. Resume with: {resume_command(argv, launcher())}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted (no checkpoint written since the last one)", file=sys.stderr)
         return 130
+    finally:
+        if (dist := sys.modules.get("utils.distributed")) is not None:
+            dist.shutdown()  # leave the torchrun process group cleanly
 
 
 if __name__ == "__main__":

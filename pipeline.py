@@ -31,6 +31,7 @@ from models import attention_kwargs, build_model, load_saved, load_tokenizer, sa
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
+from utils import distributed as dist
 from utils.errors import UserError
 from utils.files import ensure_writable_dir
 from utils.logs import attach_log_file, log, setup_logging
@@ -83,8 +84,8 @@ def start(cfg: Config, opts: RunOptions) -> Run:
     out = ensure_writable_dir(t.output_dir, "output_dir")
     ckpt = ensure_writable_dir(t.checkpoint_dir or out / "checkpoints", "checkpoint_dir")
     logs = ensure_writable_dir(t.log_dir or out / "logs", "log_dir")
+    device = dist.setup(resolve_device(t.device))  # under torchrun: join the ranks (cuda:LOCAL_RANK)
     setup_logging()
-    device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -155,8 +156,10 @@ def prepare_stage(run: Run, role: str) -> Stage:
 
 def commit_stage(run: Run, stage: Stage) -> None:
     """Every check passed: now clear what a fresh start replaces (its own earlier attempt; never a
-    complete result), create the directories, start the log file and record the resolved config."""
-    if stage.resume is None and run.opts.overwrite:
+    complete result), create the directories, start the log file and record the resolved config.
+    Under torchrun rank 0 writes, once every rank has made the same checks."""
+    dist.barrier()
+    if stage.resume is None and run.opts.overwrite and dist.is_main():
         shutil.rmtree(stage.run_dir, ignore_errors=True)
         shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
     stage.run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,8 @@ def replacing(run: Run, role: str) -> bool:
 def replace_stage(run: Run, role: str) -> Path:
     """Swap a complete ``<role>.new`` stage into place (checkpoints, then the model directory);
     returns the final model's directory. Rerun after an interruption, it completes the swap."""
-    for cur in reversed(stage_dirs(run, role)):
+    dist.barrier()  # every rank has looked at the directories before rank 0 moves them
+    for cur in reversed(stage_dirs(run, role) if dist.is_main() else ()):
         new = _new(cur)
         if new.exists():
             old = cur.with_name(cur.name + ".old")
@@ -184,7 +188,9 @@ def replace_stage(run: Run, role: str) -> Path:
                 os.replace(cur, old)
             os.replace(new, cur)
             shutil.rmtree(old, ignore_errors=True)
-    save_config(run.cfg, run.output_dir / "config.resolved.json")
+    if dist.is_main():
+        save_config(run.cfg, run.output_dir / "config.resolved.json")
+    dist.barrier()
     log.info("%s: the new run replaced the earlier one in %s", role, run.output_dir / role)
     return run.output_dir / role / "final"
 
@@ -193,7 +199,7 @@ def record_run(run: Run, what: str, save: bool = True) -> None:
     """Write the resolved config next to the results and log one summary line that names the file."""
     attach_log_file(run.log_file)
     path = run.output_dir / "config.resolved.json"
-    if save:
+    if save and dist.is_main():
         save_config(run.cfg, path)
     log.info("%s in %s (device %s, precision %s): teacher %s, student %s, data %s; resolved config in %s", what,
              run.output_dir.resolve(), run.device, run.precision.name, _model_summary(run.cfg.teacher),
@@ -297,11 +303,14 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
         raise UserError(f"distill.losses: {e}") from None
     job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher)
     if cfg.distill.pseudo_labels is not None:  # sequence-level KD: the teacher's outputs are the data
-        job.train_pairs = pseudo_label_pairs(run, teacher.to(run.device), t_tok)  # before a cache covers the pairs
+        with dist.main_first():  # rank 0 decodes; the other ranks then read its shards
+            job.train_pairs = pseudo_label_pairs(run, teacher.to(run.device), t_tok)  # before a cache covers them
     if (tc := cfg.distill.teacher_cache) is not None:  # the teacher runs once over the pairs, then never again
         from distiller_zoo.cache import open_cache
-        job.teacher = open_cache(Path(tc.dir or run.output_dir / "teacher_cache"), teacher, s_tok, job.train_pairs,
-                                 job.collator, tc.top_k, objective.temperatures(), len(s_tok), run.device, log)
+        with dist.main_first():  # built once, by rank 0
+            job.teacher = open_cache(Path(tc.dir or run.output_dir / "teacher_cache"), teacher, s_tok,
+                                     job.train_pairs, job.collator, tc.top_k, objective.temperatures(), len(s_tok),
+                                     run.device, log)
         del teacher, found
     return run_stage(run, stage, Trainer(job, student, s_tok))
 
@@ -380,7 +389,7 @@ def benchmark(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = No
     record_run(run, "benchmark")
     results = run_benchmark(models, run)
     for old, mtime in earlier.items():  # predictions of models no longer compared go, once the new ones exist
-        if old.exists() and old.stat().st_mtime_ns == mtime:
+        if dist.is_main() and old.exists() and old.stat().st_mtime_ns == mtime:
             old.unlink()
     return results
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from benchmark.quality import LOWER_IS_BETTER, intervals, paired, score
 from benchmark.report import write_reports
 from generation import generation_config
 from metrics import sacrebleu_signatures
+from utils import distributed as dist
 from utils.errors import UserError
 from utils.logs import log
 
@@ -37,6 +39,8 @@ def run_benchmark(models: list[BenchModel], run) -> dict:
     models = models + reference_rows(models, cfg.baselines)
     log.info("benchmark: %d %s examples, models %s", len(examples), cfg.split, ", ".join(m.name for m in models))
     evaluated = [evaluate_model(m, examples, run) for m in models]
+    if not dist.is_main():  # under torchrun the other ranks only decoded their shards; rank 0 scores and reports
+        return {}
     records = [e.record for e in evaluated]
     results = {
         "split": cfg.split,
@@ -89,7 +93,7 @@ class Evaluated(NamedTuple):
 
 
 def evaluate_model(bm: BenchModel, examples, run) -> Evaluated:
-    """Quality (with intervals), speed, memory and size of one model."""
+    """Quality (with intervals), speed, memory and size of one model (None on ranks other than 0)."""
     cfg = run.cfg.benchmark
     sources = [e.source for e in examples]
     record = {"name": bm.name, "path": str(bm.path) if bm.path else None}
@@ -97,6 +101,8 @@ def evaluate_model(bm: BenchModel, examples, run) -> Evaluated:
         preds = list(sources)
     else:
         preds = _measure(bm, sources, run, record)
+    if not dist.is_main():
+        return None
     record["metrics"], per_example, notes = score(cfg, examples, preds, run.device)
     record["ci"] = intervals(cfg, examples, preds, per_example)
     _write_predictions(run.output_dir / f"predictions_{bm.name}.jsonl", examples, preds)
@@ -111,20 +117,48 @@ def _measure(bm: BenchModel, sources, run, record: dict) -> list[str]:
     record["generation_config"] = gen_config.to_diff_dict()
     gen = dict(prefix=data.prefix, max_source_length=data.max_source_length, gen_config=gen_config,
                batch_size=cfg.batch_size)
-    with _saved(bm) as directory:
-        preds, measured = measure_in_child(directory, sources, gen, run.device, run.precision, cfg.warmup_batches,
-                                           cfg.latency_samples)
+    with _saved(bm, run.output_dir) as directory:  # under torchrun: each rank decodes its shard, rank 0 gathers them
+        preds, measured = measure_in_child(directory, dist.shard(sources), gen, run.device, run.precision,
+                                           cfg.warmup_batches, cfg.latency_samples)
+    if dist.world_size() > 1:
+        gathered = dist.all_gather((preds, measured))
+        preds = [p for part, _ in gathered for p in part]
+        measured = sharded_speed([m for _, m in gathered], len(sources))
     total, trainable = count_parameters(bm.model)
     record.update(params_total=total, params_trainable=trainable, size_on_disk_mb=disk_mb(bm.model, bm.path),
                   **measured)
     return preds
 
 
+def sharded_speed(parts: list[dict], n_sources: int) -> dict:
+    """Throughput of the ranks together (all sources over the slowest rank's time), the highest peak
+    memory of one rank; the latencies are rank 0's (each rank times its own samples alike)."""
+    seconds = max(p["generation_s"] for p in parts)
+    tokens = sum(p["tokens_per_s"] * p["generation_s"] for p in parts)
+    out = dict(parts[0], generation_s=seconds, samples_per_s=round(n_sources / seconds, 3),
+               tokens_per_s=round(tokens / seconds, 1), peak_memory_mb=max(p["peak_memory_mb"] for p in parts),
+               ranks=len(parts))
+    return out
+
+
 @contextmanager
-def _saved(bm: BenchModel):
+def _saved(bm: BenchModel, output_dir: Path):
     """The model's directory, or a temporary copy for a model that has none (hub, random weights)."""
     if bm.path is not None and (Path(bm.path) / "config.json").is_file():
         yield Path(bm.path)
+        return
+    if dist.world_size() > 1:  # under torch.distributed transformers saves on rank 0 only: share its copy
+        directory = Path(output_dir) / f".{bm.name}.model.tmp"
+        if dist.is_main():
+            bm.model.save_pretrained(directory, safe_serialization=True)
+            bm.tokenizer.save_pretrained(directory)
+        dist.barrier()
+        try:
+            yield directory
+        finally:
+            dist.barrier()
+            if dist.is_main():
+                shutil.rmtree(directory, ignore_errors=True)
         return
     with tempfile.TemporaryDirectory() as tmp:
         bm.model.save_pretrained(tmp, safe_serialization=True)

@@ -14,7 +14,7 @@ def ensure_writable_dir(path: str | Path, what: str) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test{os.getpid()}"  # one per process: torchrun's ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -27,7 +27,7 @@ def atomic_write(path: Path, write, binary: bool = False) -> None:
     moment leaves either the previous file or the complete new one, never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # one per process: writers never share it
     with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
         write(f)
         f.flush()

@@ -21,19 +21,27 @@ _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %
 
 
 def setup_logging(level=logging.INFO) -> None:
-    """Timestamped lines on stdout; a log file is added with :func:`attach_log_file`."""
-    log.setLevel(level)
+    """Timestamped lines on stdout; a log file is added with :func:`attach_log_file`.
+
+    Under torchrun rank 0 alone logs progress; the other ranks print only their warnings and
+    errors, marked with their rank (every rank computes the same numbers: one copy is enough)."""
+    from utils.distributed import rank
+    log.setLevel(level if rank() == 0 else max(level, logging.WARNING))
     log.propagate = False
     for h in list(log.handlers):
         h.close()
         log.removeHandler(h)
     console = _ConsoleHandler()
-    console.setFormatter(_FORMAT)
+    console.setFormatter(_FORMAT if rank() == 0 else logging.Formatter(
+        f"%(asctime)s %(levelname)s [rank {rank()}] %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(console)
 
 
 def attach_log_file(path: Path) -> None:
-    """Also append the log to ``path`` (once a stage may write into its run directory)."""
+    """Also append the log to ``path`` (once a stage may write into its run directory); rank 0 only."""
+    from utils.distributed import is_main
+    if not is_main():
+        return
     path = Path(path).resolve()
     if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in log.handlers):
         return

@@ -7,47 +7,43 @@ tokens in the whole window, so unequal micro-batches weigh every token equally.
 
 Data order is a pure function of (seed, epoch), and checkpoints record the position
 (epoch, window) and all RNG states, so a resumed run continues exactly where it stopped.
+
+Under torchrun (utils.distributed) the global micro-batch is ``batch_size`` x the number of ranks,
+cut from the same (seed, epoch) order, and each rank takes its share of every micro-batch; the
+student (with any trainable loss parts) is wrapped in DistributedDataParallel and the loss is
+divided by the window's *global* token count, so N ranks x batch b take exactly the steps of one
+process with batch N*b. Rank 0 alone writes; every rank reads the same checkpoints.
 """
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import get_scheduler
 
-from checkpoints import (RESUME_MAY_CHANGE, check_format, config_differences, latest_checkpoint,
-                         load_checkpoint_file, resume_changes, rng_state, save_checkpoint_file, set_rng_state)
+from checkpoints import latest_checkpoint
 from settings import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator, length_grouped_batches, padding_fraction
-from distiller_zoo import IGNORE_INDEX, Objective, cross_entropy_sum
+from distiller_zoo import IGNORE_INDEX, Objective
 from distiller_zoo.fused import fused_logit_objective
 from distiller_zoo.heads import decoder_states, lm_head
 from distiller_zoo.teacher import teacher_source
-from generation import generate_texts, generation_config
-from utils.errors import one_line, TrainingInterrupted, UserError
-from utils.files import atomic_write, atomic_write_text
+from training.checkpointing import CheckpointMixin, TrainState
+from training.validation import ValidationMixin
+from utils import distributed as dist
+from utils.errors import TrainingInterrupted, UserError
+from utils.files import atomic_write
 from utils.logs import log
-from utils.runtime import GracefulStop, Precision
+from utils.runtime import GracefulStop, Precision, set_seed
 
 MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the run stops
-
-
-@dataclass
-class TrainState:
-    """Where the run is; saved in every checkpoint."""
-
-    step: int = 0           # optimizer steps done
-    epoch: int = 0          # current epoch
-    window: int = 0         # next accumulation window within the epoch
-    best_metric: float | None = None
-    best_step: int | None = None
-    history: list = field(default_factory=list)  # validation results
-    resumes: list = field(default_factory=list)  # {"step", "checkpoint", "changed"} per resume
 
 
 @dataclass
@@ -72,7 +68,7 @@ class TrainJob:
     compile_chunks: bool = False    # torch.compile each chunk's loss and gradient
 
 
-class Trainer:
+class Trainer(ValidationMixin, CheckpointMixin):
     def __init__(self, job: TrainJob, model, tokenizer):
         self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
         self.objective = job.objective.to(job.device) if job.objective else None
@@ -80,7 +76,9 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(job.device)
         o = job.optim
-        self.micro_batches = math.ceil(len(job.train_pairs) / o.batch_size)
+        self.world = dist.world_size()
+        self.global_batch = o.batch_size * self.world  # pairs per micro-step, over all ranks
+        self.micro_batches = math.ceil(len(job.train_pairs) / self.global_batch)
         self.windows_per_epoch = math.ceil(self.micro_batches / o.gradient_accumulation_steps)
         self.total_steps = o.max_steps or o.epochs * self.windows_per_epoch
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o.learning_rate, betas=tuple(o.adam_betas))
@@ -92,6 +90,19 @@ class Trainer:
         self._order: tuple[int, list] | None = None
         self.metric_for_best = o.metric_for_best
         self.greater_is_better = o.metric_for_best != "loss"
+        self.ddp = self._wrap_ddp() if self.world > 1 else None
+        if dist.rank() > 0:  # rank 0 keeps the single-process RNG stream; the others get their own dropout
+            set_seed(job.seed * 1_000_003 + dist.rank())
+
+    def _wrap_ddp(self):
+        """The student and the trainable loss parts in one DistributedDataParallel (their gradients
+        are averaged over the ranks in one all-reduce per optimizer step; see train_step)."""
+        from torch.nn.parallel import DistributedDataParallel
+        device = self.job.device
+        # The models hold no running statistics (no batch norm): no buffers to broadcast per forward.
+        return DistributedDataParallel(_Trainable(self.trainable_modules()),
+                                       device_ids=[device.index] if device.type == "cuda" else None,
+                                       forward_sync_buffers=False)
 
     # ------------------------------------------------------------------ setup
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
@@ -109,17 +120,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ data order
     def window_batches(self, epoch: int, window: int) -> list[list[tuple[str, str]]]:
-        """The micro-batches (lists of pairs) of one accumulation window; order fixed by (seed, epoch)."""
+        """This rank's micro-batches (lists of pairs) of one accumulation window; order fixed by (seed,
+        epoch). Under torchrun each global micro-batch is shared out among the ranks (a rank's share
+        may be empty at the end of an epoch)."""
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, self._epoch_batches(epoch))
         accum = self.job.optim.gradient_accumulation_steps
         first = window * accum
         last = min(first + accum, self.micro_batches)
-        return [[self.job.train_pairs[i] for i in b] for b in self._order[1][first:last]]
+        return [[self.job.train_pairs[i] for i in dist.shard(b)] for b in self._order[1][first:last]]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """A (seed, epoch)-shuffled order cut into micro-batches, grouped by length when configured."""
-        job, bs = self.job, self.job.optim.batch_size
+        """A (seed, epoch)-shuffled order cut into global micro-batches, grouped by length when configured."""
+        job, bs = self.job, self.global_batch
         g = torch.Generator().manual_seed(job.seed * 1000 + epoch)
         perm = torch.randperm(len(job.train_pairs), generator=g).tolist()
         plain = [perm[i:i + bs] for i in range(0, len(perm), bs)]
@@ -141,22 +154,26 @@ class Trainer:
             r = self.state.resumes[-1]
             log.info("%s: resumed from %s at step %d (epoch %d)%s", job.role, r["checkpoint"], r["step"],
                      self.state.epoch, "; changed: " + "; ".join(r["changed"]) if r["changed"] else "")
-        _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps a resume will redo
+        main = dist.is_main()  # rank 0 alone writes the metrics (every rank holds the same numbers)
+        if main:
+            _truncate_jsonl(job.run_dir / "metrics.jsonl", self.state.step)  # drop steps a resume will redo
+        ranks = f" x {self.world} ranks" if self.world > 1 else ""
         log.info("%s: %d training pairs, %d validation examples, %d optimizer steps (%d per epoch), "
-                 "batch %d x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
-                 len(job.val_examples), self.total_steps, self.windows_per_epoch, job.optim.batch_size,
+                 "batch %d%s x accumulation %d, precision %s, device %s", job.role, len(job.train_pairs),
+                 len(job.val_examples), self.total_steps, self.windows_per_epoch, job.optim.batch_size, ranks,
                  job.optim.gradient_accumulation_steps, job.precision.name, job.device)
         if self.objective is not None:
             log.info("student objective: %s", self.objective.formula())
         self.model.train()
-        metrics_file = open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        progress = _progress(self.total_steps, self.state.step, job.role)
+        metrics_file = open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8") if main else None
+        progress = _progress(self.total_steps, self.state.step, job.role) if main else _NullProgress()
         try:
             with GracefulStop() as stop:
                 self._loop(metrics_file, progress, stop)
         finally:
             progress.close()
-            metrics_file.close()
+            if metrics_file:
+                metrics_file.close()
         return self.finish()
 
     def _loop(self, metrics_file, progress, stop: GracefulStop) -> None:
@@ -179,23 +196,35 @@ class Trainer:
                 if job.val_examples:
                     _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
                 saved = self.save_checkpoint()
-            if stop.signum is not None:
-                raise TrainingInterrupted(stop.signum, self.state.step, saved or self.save_checkpoint())
+            # A signal may reach one rank only: all stop after the same step, with one checkpoint.
+            if dist.any_rank(stop.signum is not None):
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, self.state.step,
+                                          saved or self.save_checkpoint())
 
     def train_step(self, window: list[list[tuple[str, str]]]) -> dict:
         """One optimizer step over an accumulation window; returns the step's log record."""
         job = self.job
-        batches = [self._to_device(job.collator(pairs)) for pairs in window]
-        n_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        # A rank whose share of a micro-batch is empty runs one pair with weight 0: DDP needs every
+        # rank in every gradient all-reduce.
+        weights = [1.0 if pairs else 0.0 for pairs in window]
+        batches = [self._to_device(job.collator(pairs or job.train_pairs[:1])) for pairs in window]
+        n_tokens = int(dist.sum_all([sum(w * int((b["labels"] != IGNORE_INDEX).sum())
+                                         for w, b in zip(weights, batches))])[0])
+        # DDP averages gradients over the ranks; times world it is their sum, the whole window's.
+        scale = self.world / n_tokens
         sums: dict[str, float] = {}
-        for batch in batches:
-            with job.precision.autocast():
-                total, terms = self.loss_sums(batch)
-            # Divide once by the window's token count: the gradient equals that of one big batch.
-            self.scaler.scale(total / n_tokens).backward()
+        for i, (batch, w) in enumerate(zip(batches, weights)):
+            # Gradients are all-reduced once per window: not on the accumulating micro-steps.
+            sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else nullcontext()
+            with sync:
+                with job.precision.autocast():
+                    total, terms = self.loss_sums(batch)
+                # Divide once by the window's token count: the gradient equals that of one big batch.
+                self.scaler.scale(total * (w * scale)).backward()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+                sums[k] = sums.get(k, 0.0) + w * float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + w * float(total.detach())
+        sums = dict(zip(sums, dist.sum_all(list(sums.values()))))  # every rank logs the global numbers
         loss = sums["loss"] / n_tokens
         self._check_finite(loss)
         self.scaler.unscale_(self.optimizer)
@@ -253,7 +282,7 @@ class Trainer:
         chunk from its final decoder states (distiller_zoo.fused); the teacher answers through
         the seam (live, cached, ...), whichever kind it is."""
         need = self.objective.requires if self.objective is not None else frozenset()
-        out, hidden = decoder_states(self.model, batch, need)
+        out, hidden = self.ddp(batch, need) if self.ddp is not None else decoder_states(self.model, batch, need)
         head = lm_head(self.model, len(self.tokenizer))
         labels = batch["labels"]
         if self.objective is None:
@@ -264,13 +293,6 @@ class Trainer:
         teacher = self.teacher.targets(batch, need)
         return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size,
                                     self.job.compile_chunks)
-
-    @staticmethod
-    def _forward(model, batch, need):
-        dec = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=dec,
-                     output_hidden_states="hidden_states" in need, output_attentions="attentions" in need,
-                     use_cache=False)
 
     def _to_device(self, batch):
         return {k: v.to(self.job.device, non_blocking=True) for k, v in batch.items()}
@@ -291,160 +313,6 @@ class Trainer:
         periodic = (self.state.step % every == 0) if every else epoch_done
         return periodic or self.state.step == self.total_steps
 
-    # ------------------------------------------------------------------ validation
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """Validation loss (CE per target token) and, when the best metric needs them, generation metrics."""
-        job = self.job
-        self.model.eval()
-        result = {"loss": self._validation_loss()}
-        bad = [k for k, v in result.items() if not math.isfinite(v)]
-        if bad or not self._weights_finite():
-            self._stop_not_finite(f"at step {self.state.step} the " + (
-                f"validation {bad[0]} is {result[bad[0]]}" if bad else "weights are no longer finite"))
-        if self.metric_for_best != "loss":
-            result.update(self._generation_metrics())
-        self.model.train()
-        self._track_best(result)
-        log.info("%s validation at step %d: %s", job.role, self.state.step,
-                 " ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        return result
-
-    def _validation_loss(self) -> float:
-        job = self.job
-        pairs = [(e.source, e.references[0]) for e in job.val_examples]
-        total, tokens = 0.0, 0
-        for i in range(0, len(pairs), job.optim.eval_batch_size):
-            batch = self._to_device(job.collator(pairs[i:i + job.optim.eval_batch_size]))
-            with job.precision.autocast():
-                out = self._forward(self.model, batch, frozenset())
-            total += float(cross_entropy_sum(out.logits, batch["labels"], len(self.tokenizer)))
-            tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-        return total / max(tokens, 1)
-
-    def _generation_metrics(self) -> dict:
-        from metrics import compute_metrics
-        job = self.job
-        examples = job.val_examples[:job.optim.eval_generate_samples]
-        preds, _ = generate_texts(self.model, self.tokenizer, [e.source for e in examples],
-                                  prefix=job.collator.prefix, max_source_length=job.collator.max_source_length,
-                                  gen_config=generation_config(job.generation, self.model, self.tokenizer),
-                                  batch_size=job.optim.eval_batch_size, device=job.device, precision=job.precision)
-        scores = compute_metrics(preds, [e.references for e in examples])
-        scores["bleu"] = scores.get("bleu4", scores.get("sacrebleu"))
-        if self.metric_for_best not in scores:
-            raise UserError(f"training.{job.role}.metric_for_best {self.metric_for_best!r} is not a computed metric; "
-                            f"choose loss or one of {', '.join(sorted(scores))}")
-        return scores
-
-    def _track_best(self, result: dict) -> None:
-        s, value = self.state, result[self.metric_for_best]
-        s.history.append({"step": s.step, **result})
-        if not math.isfinite(value):  # never the best (validate stops on a non-finite loss before this)
-            return
-        better = s.best_metric is None or (value > s.best_metric if self.greater_is_better else value < s.best_metric)
-        if better:
-            s.best_metric, s.best_step = value, s.step
-            self._save_weights(self.job.checkpoint_dir / "best.pt")
-
-    # ------------------------------------------------------------------ checkpoints
-    def _save_weights(self, path: Path) -> None:
-        state = {name: m.state_dict() for name, m in self.trainable_modules().items()}
-        save_checkpoint_file({"weights": state, "step": self.state.step, "config": self.job.config}, path)
-
-    def save_checkpoint(self) -> Path:
-        """Everything needed to continue exactly; written atomically; keeps the newest N."""
-        job, s = self.job, self.state
-        if not self._weights_finite():
-            self._stop_not_finite(f"at step {s.step} the weights are no longer finite")
-        payload = {
-            "weights": {name: m.state_dict() for name, m in self.trainable_modules().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-            "state": asdict(s),
-            "role": job.role,
-            "total_steps": self.total_steps,
-            "config": job.config,
-        }
-        path = job.checkpoint_dir / f"step_{s.step:08d}.pt"
-        save_checkpoint_file(payload, path)
-        for old in sorted(job.checkpoint_dir.glob("step_*.pt"))[:-job.optim.save_total_limit]:
-            old.unlink()
-        log.info("%s checkpoint saved: %s", job.role, path)
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore everything from ``path``; refuses a checkpoint of another role, model, data schedule
-        or format, and any change a resume cannot apply (RESUME_MAY_CHANGE lists those it applies)."""
-        ckpt = load_checkpoint_file(path)
-        role = self.job.role
-        if ckpt.get("role") != role:
-            raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {role} one; "
-                            f"pass the {role}'s checkpoint or 'auto'")
-        check_format(ckpt, path)
-        saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-        for name, module in self.trainable_modules().items():
-            try:
-                module.load_state_dict(ckpt["weights"][name])
-            except (KeyError, RuntimeError) as e:
-                diffs = config_differences(saved.get(role, {}), self.job.config.get(role, {}), f"{role}.") + \
-                    config_differences(saved.get("distill", {}), self.job.config.get("distill", {}), "distill.")
-                what = "; ".join(diffs[:4]) or one_line(e)
-                raise UserError(f"checkpoint {path} does not fit the configured {role} ({what}); resume with the "
-                                f"config it was saved with, or start a new run") from None
-        if ckpt["total_steps"] != self.total_steps:
-            raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
-                            f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
-        refused, changed = resume_changes(saved, self.job.config, role)
-        if refused:
-            raise UserError(f"checkpoint {path}: a resume cannot change {'; '.join(refused[:4])}; resume with the "
-                            f"checkpoint's values (a resume may change training.{role}.{{{', '.join(RESUME_MAY_CHANGE)}}}) "
-                            f"or start the stage over with --overwrite")
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-            if self.scaler.is_enabled() and ckpt["scaler"]:
-                self.scaler.load_state_dict(ckpt["scaler"])  # a fp32/bf16 checkpoint has no scale to restore
-            set_rng_state(ckpt["rng"])
-            self.state = TrainState(**ckpt["state"])
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            raise UserError(f"checkpoint {path} does not match this version's format ({one_line(e, 120)}); resume "
-                            f"it with the version that wrote it, or start the stage over with --overwrite") from None
-        if changed:
-            self._apply_resume_changes()
-        self.state.resumes.append({"step": self.state.step, "checkpoint": str(path), "changed": changed})
-
-    def _apply_resume_changes(self) -> None:
-        """Write the configured peak learning rate and weight decay into the restored optimizer and
-        schedule: the schedule continues from its step with the new peak."""
-        o, sched = self.job.optim, self.scheduler
-        groups = self.optimizer.param_groups
-        groups[0]["weight_decay"] = o.weight_decay  # group 0: matrices (see _param_groups)
-        sched.base_lrs = [o.learning_rate] * len(groups)
-        for group, factor in zip(groups, sched.lr_lambdas):
-            group["initial_lr"] = o.learning_rate
-            group["lr"] = o.learning_rate * factor(sched.last_epoch)
-        sched._last_lr = [g["lr"] for g in groups]
-
-    def finish(self) -> Path:
-        """Load the best weights (if validated) and export model + tokenizer to <run_dir>/final."""
-        from models import export
-        best = self.job.checkpoint_dir / "best.pt"
-        if self.state.best_step is not None and best.is_file():
-            self.model.load_state_dict(load_checkpoint_file(best)["weights"]["model"])
-            log.info("%s: exporting the best model (step %d, %s %.4f)", self.job.role, self.state.best_step,
-                     self.metric_for_best, self.state.best_metric)
-        final = export(self.model, self.tokenizer, self.job.run_dir / "final",
-                       generation_config(self.job.generation, self.model, self.tokenizer))
-        summary = {"role": self.job.role, "steps": self.state.step, "best_step": self.state.best_step,
-                   "metric_for_best": self.metric_for_best, "best_metric": self.state.best_metric,
-                   "validation": self.state.history, "resumes": self.state.resumes}
-        atomic_write_text(self.job.run_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
-        return final
-
-
 # ---------------------------------------------------------------------- helpers
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the records up to ``last_step`` (a resumed run logs the later steps again)."""
@@ -455,6 +323,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 def _write_jsonl(f, record: dict) -> None:
+    if f is None:  # not rank 0
+        return
     f.write(json.dumps(record) + "\n")
     f.flush()
 
@@ -463,6 +333,19 @@ def _fmt_terms(record: dict) -> str:
     skip = {"step", "epoch", "loss", "lr", "tokens_per_s"}
     terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
     return f"{terms} ({record.get('tokens_per_s', 0):.0f} tok/s)"
+
+
+class _Trainable(torch.nn.Module):
+    """What DistributedDataParallel wraps: the student and the trainable loss parts (feature
+    projections), so both are synchronised. Its forward is the student's decoder pass; the loss is
+    computed outside from those states (a projection's gradient still reaches DDP's hooks)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+
+    def forward(self, batch: dict, need: frozenset):
+        return decoder_states(self.parts["model"], batch, need)
 
 
 class _NullProgress:
