@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -52,8 +53,18 @@ def is_byte_level(tokenizer) -> bool:
     return any(p.get("type") == "ByteLevel" for p in parts)
 
 
+_TEXTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def token_texts(tokenizer) -> list[str | bytes | None]:
-    """The text each id stands for (``str``, or ``bytes`` when not valid UTF-8); None for special tokens."""
+    """The text each id stands for (``str``, or ``bytes`` when not valid UTF-8); None for special tokens.
+    Computed once per tokenizer object."""
+    if tokenizer not in _TEXTS:
+        _TEXTS[tokenizer] = _token_texts(tokenizer)
+    return _TEXTS[tokenizer]
+
+
+def _token_texts(tokenizer) -> list[str | bytes | None]:
     byte_level, table = is_byte_level(tokenizer), _byte_decoder()
     special = set(tokenizer.all_special_ids)
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -78,7 +89,9 @@ def token_texts(tokenizer) -> list[str | bytes | None]:
 
 def lowercases(tokenizer) -> bool:
     """Whether the tokenizer folds case (then teacher texts are matched lowercased)."""
-    return tokenizer("ABC", add_special_tokens=False).input_ids == tokenizer("abc", add_special_tokens=False).input_ids
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = None if backend is None else backend.normalizer
+    return normalizer is not None and normalizer.normalize_str("AÉ") == "aé"
 
 
 @dataclass
