@@ -63,9 +63,10 @@ class AlignedTargets(TeacherTargets):
 class AlignedTeacher:
     """A frozen teacher with its own tokenizer: causal (``AutoModelForCausalLM``) or seq2seq."""
 
-    def __init__(self, model, vmap: VocabMap, vocab_size: int, causal: bool):
+    def __init__(self, model, vmap: VocabMap, vocab_size: int, causal: bool, summary: str | None = None, log=None):
         self.model = model.eval().requires_grad_(False)
         self.vmap, self.vocab_size, self.causal = vmap, vocab_size, causal
+        self.summary, self.log = summary, log   # logged at the first batch, once the run's log file is attached
 
     def to(self, device) -> "AlignedTeacher":
         self.model.to(device)
@@ -77,6 +78,9 @@ class AlignedTeacher:
         if need - {"logits"}:
             raise ValueError("a teacher with another tokenizer provides logits only; hidden-state and attention "
                              "losses need a teacher with the student's tokenizer")
+        if self.summary and self.log:
+            self.log.info("%s", self.summary)
+            self.summary = None
         ids, mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
         if self.causal:   # the base model's output is what the LM head reads (final norm applied)
             hidden = self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
@@ -100,8 +104,7 @@ def cross_tokenizer_source(teacher, teacher_tok, student_tok, collator, pairs, p
     causal = not teacher.config.is_encoder_decoder
     vmap = vocab_map(teacher_tok, student_tok)
     cross = CrossTokenizerCollator(collator, teacher_tok, causal, prompt_template)
-    if log:
-        log.info("%s teacher with another tokenizer: vocabulary: %s; %.1f%% of the training target positions "
-                 "receive a teacher signal (aligned by characters)", "causal" if causal else "seq2seq",
-                 vmap.describe(), 100 * cross.aligned_fraction(pairs))
-    return cross, AlignedTeacher(teacher, vmap, len(teacher_tok), causal)
+    summary = (f"{'causal' if causal else 'seq2seq'} teacher with another tokenizer: vocabulary: {vmap.describe()}; "
+               f"{100 * cross.aligned_fraction(pairs):.1f}% of the training target positions receive a teacher "
+               f"signal (aligned by characters)")
+    return cross, AlignedTeacher(teacher, vmap, len(teacher_tok), causal, summary, log)
