@@ -343,5 +343,6 @@ def test_different_vocabularies_distill_across_tokenizers(tiny_config_dict, writ
 def test_every_registered_loss_is_trained_above():
     from distiller_zoo import LOSSES
     trained = {"hidden_mse", "hidden_cosine", "attention_kl", "attention_mse", "vanilla_kl", "reverse_kl", "jsd",
-               "tvd", "skew_kl", "skew_reverse_kl"}
+               "tvd", "skew_kl", "skew_reverse_kl",
+               "uld"}   # tests/test_cross_tokenizer.py
     assert set(LOSSES) == trained
