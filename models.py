@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration,
+from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration,
                           BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast, T5Config,
                           T5ForConditionalGeneration, T5TokenizerFast)
 
@@ -66,10 +66,25 @@ def load_failure(what: str, name, error: Exception) -> str:
     kind = _model_type(name)
     if kind is not None and kind not in _LAYER_ATTRS:
         return (f"{what} {name}: cannot load a seq2seq model from it: its model type is {kind!r}, and this tool "
-                f"distills encoder-decoder models of the {SUPPORTED_KINDS}; give such a model")
+                f"distills encoder-decoder models of the {SUPPORTED_KINDS}; give such a model (a causal LM such "
+                f"as Llama or GPT-2 can be the teacher: teacher.kind causal)")
     first = " ".join(str(error).split("Model type should be one of")[0].split())[:200] or type(error).__name__
     return (f"{what} {name}: cannot load a seq2seq model or tokenizer from it ({first}); give a directory written "
             f"by save_pretrained for a model of the {SUPPORTED_KINDS}")
+
+
+def is_causal_lm(name, kind: str = "auto") -> bool:
+    """Whether ``name`` is loaded as a decoder-only LM: ``kind`` 'causal', or 'auto' and its config.json
+    (local or cached) describes a model that is not an encoder-decoder but has a causal-LM class."""
+    if kind != "auto":
+        return kind == "causal"
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    try:
+        config = AutoConfig.from_pretrained(str(name), local_files_only=True)
+    except Exception:  # noqa: BLE001 - unreadable: the seq2seq loader reports it
+        return False
+    return not getattr(config, "is_encoder_decoder", False) and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 def _model_type(name) -> str | None:
@@ -183,13 +198,15 @@ def attention_kwargs(attentions: bool) -> dict:
     return {"attn_implementation": "eager"} if attentions else {}
 
 
-def build_model(cfg: ModelConfig, tokenizer, attentions: bool = False):
+def build_model(cfg: ModelConfig, tokenizer, attentions: bool = False, causal_ok: bool = False):
     """A seq2seq model: pretrained by name/path, or randomly initialised from ``cfg.arch``.
 
     ``attentions=True`` selects eager attention: transformers 5's sdpa returns no attention maps."""
     attn = attention_kwargs(attentions)
     if cfg.init == "pretrained":
-        model = from_hub(AutoModelForSeq2SeqLM.from_pretrained, cfg.name_or_path, "model", **attn)
+        causal = causal_ok and is_causal_lm(cfg.name_or_path, cfg.kind)
+        loader = AutoModelForCausalLM.from_pretrained if causal else AutoModelForSeq2SeqLM.from_pretrained
+        model = from_hub(loader, cfg.name_or_path, "model", **attn)
         check_vocab_fits(model, tokenizer, cfg.name_or_path)
         return model
     model = scratch_model(cfg.arch, tokenizer, **attn)
@@ -278,14 +295,17 @@ def check_vocab_fits(model, tokenizer, name: str) -> None:
                     f"use the model's own tokenizer")
 
 
-def load_saved(path: str | Path, what: str, attentions: bool = False):
-    """A model exported by this tool (or any save_pretrained directory) and its tokenizer."""
+def load_saved(path: str | Path, what: str, attentions: bool = False, causal_ok: bool = False):
+    """A model exported by this tool (or any save_pretrained directory) and its tokenizer; with
+    ``causal_ok`` (a teacher) a decoder-only LM loads as such."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise UserError(f"{what} {path}: not a saved model directory (no config.json); give the directory "
                         f"written by train_teacher / distill_student (…/final)")
     attn = attention_kwargs(attentions)
-    model = load_local(AutoModelForSeq2SeqLM.from_pretrained, p, what, **attn)
+    causal = causal_ok and is_causal_lm(p)
+    loader = AutoModelForCausalLM.from_pretrained if causal else AutoModelForSeq2SeqLM.from_pretrained
+    model = load_local(loader, p, what, **attn)
     tok = load_local(tokenizer_from_path, p, what)
     check_vocab_fits(model, tok, str(p))
     return model, tok

@@ -27,7 +27,7 @@ from settings import Config, save_config, to_dict
 from settings.schema import check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
-from models import attention_kwargs, build_model, load_saved, load_tokenizer, same_vocabulary, shrink_model
+from models import attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary, shrink_model
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
@@ -249,6 +249,9 @@ def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
 def train_teacher(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None) -> Path:
     """Train the teacher with cross-entropy; returns <output_dir>/teacher/final."""
     run = run or start(cfg, opts)
+    if cfg.teacher.init == "pretrained" and is_causal_lm(cfg.teacher.name_or_path, cfg.teacher.kind):
+        raise UserError("teacher: a causal LM teacher is distilled from as it is (this tool trains seq2seq models); "
+                        "skip train_teacher (training.train_teacher false, or --mode distill_student)")
     stage = prepare_stage(run, "teacher")
     set_seed(cfg.training.seed)
     tok = load_tokenizer(cfg.teacher.tokenizer, cfg.teacher.name_or_path,
@@ -291,17 +294,21 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     student, s_tok = build_student(run, teacher, t_tok, attentions)
     check_positions(teacher, cfg, "teacher")
     check_positions(student, cfg, "student")
-    if not same_vocabulary(s_tok, t_tok):
-        raise UserError("the teacher's and the student's tokenizers differ (different vocabularies), so their "
-                        "outputs cannot be compared token by token, and cross-tokenizer distillation is not "
-                        "supported yet; give the student the teacher's tokenizer (student.tokenizer = "
-                        "teacher.tokenizer, or student.init shrink)")
+    cross = not same_vocabulary(s_tok, t_tok) or not teacher.config.is_encoder_decoder
+    if cross and (objective.requires - {"logits"} or cfg.distill.teacher_cache or cfg.distill.pseudo_labels):
+        raise UserError("a teacher with another tokenizer (or a causal one) is aligned with the student by characters "
+                        "and answers with its logits only: remove distill.teacher_cache, distill.pseudo_labels and "
+                        "hidden-state/attention losses, or give the student the teacher's tokenizer")
     objective.vocab_size = len(s_tok)
     try:
         objective.bind(student.config, teacher.config)
     except ValueError as e:
         raise UserError(f"distill.losses: {e}") from None
     job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher)
+    if cross:  # another tokenizer or a causal teacher: aligned by characters (distiller_zoo.cross_teacher)
+        from distiller_zoo.cross_teacher import cross_tokenizer_source
+        job.collator, job.teacher = cross_tokenizer_source(teacher, t_tok, s_tok, job.collator, job.train_pairs,
+                                                           cfg.teacher.prompt_template, log)
     if cfg.distill.pseudo_labels is not None:  # sequence-level KD: the teacher's outputs are the data
         with dist.main_first():  # rank 0 decodes; the other ranks then read its shards
             job.train_pairs = pseudo_label_pairs(run, teacher.to(run.device), t_tok)  # before a cache covers them
@@ -352,13 +359,13 @@ def resolve_model(run: Run, role: str, source: Path | str | None = None, attenti
         source = run.output_dir / role / "final"
     if source is not None and source != PRETRAINED:
         log.info("%s: %s", role, source)
-        model, tok = load_saved(source, f"--{role}_path", attentions)
+        model, tok = load_saved(source, f"--{role}_path", attentions, causal_ok=role == "teacher")
         return model, tok, Path(source)
     mcfg = getattr(run.cfg, role)
     if mcfg.init != "pretrained":
         return None
     tok = load_tokenizer(mcfg.tokenizer, mcfg.name_or_path)
-    return build_model(mcfg, tok, attentions), tok, None
+    return build_model(mcfg, tok, attentions, causal_ok=role == "teacher"), tok, None
 
 
 def benchmark(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None,
@@ -374,7 +381,10 @@ def benchmark(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = No
     models = []
     for role in sources or ("teacher", "student"):
         found = resolve_model(run, role, (sources or {}).get(role))
-        if found is not None:
+        if found is not None and not found[0].config.is_encoder_decoder:
+            log.warning("benchmark: the %s is a causal LM; the benchmark scores seq2seq models, so it is left out",
+                        role)
+        elif found is not None:
             check_positions(found[0], cfg, role)
             models.append(BenchModel(role, *found))
     for extra in cfg.benchmark.models:

@@ -27,6 +27,7 @@ from distiller_zoo.logit import GeneralizedJSD, ReverseKL, SkewKL, SkewReverseKL
 from distiller_zoo.objective import Objective, cross_entropy_sum
 from distiller_zoo.feature import HiddenCosine, HiddenMSE
 from distiller_zoo.attention import AttentionKL, AttentionMSE
+from distiller_zoo.uld import ULD
 
 LOSSES: dict[str, type[DistillationLoss]] = {
     "vanilla_kl": VanillaKL,
@@ -35,6 +36,7 @@ LOSSES: dict[str, type[DistillationLoss]] = {
     "tvd": TotalVariation,
     "skew_kl": SkewKL,
     "skew_reverse_kl": SkewReverseKL,
+    "uld": ULD,
     "hidden_mse": HiddenMSE,
     "hidden_cosine": HiddenCosine,
     "attention_kl": AttentionKL,
@@ -91,5 +93,5 @@ def build_loss(name: str, params: dict | None = None) -> DistillationLoss:
 
 __all__ = ["LOSSES", "build_loss", "loss_class", "LossConfigError", "Objective", "cross_entropy_sum",
            "DistillationLoss", "LogitLoss", "VanillaKL", "ReverseKL", "GeneralizedJSD", "TotalVariation", "SkewKL",
-           "SkewReverseKL", "HiddenMSE", "HiddenCosine", "AttentionKL", "AttentionMSE", "gather_target_logits",
+           "SkewReverseKL", "ULD", "HiddenMSE", "HiddenCosine", "AttentionKL", "AttentionMSE", "gather_target_logits",
            "IGNORE_INDEX"]

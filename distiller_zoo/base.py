@@ -100,11 +100,26 @@ class LogitLoss(DistillationLoss):
         log_q = torch.cat([log_q.gather(-1, ids), log_q_rest.unsqueeze(-1)], dim=-1)
         return self.divergence(log_q, torch.cat([log_p_k, log_p_rest.unsqueeze(-1)], dim=-1))
 
+    def aligned_token_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
+        """``[n, V]`` student logits against a teacher with another tokenizer (an ``AlignedChunk``) -> ``[n]``.
+
+        At the aligned rows both distributions are taken over the shared sub-vocabulary (the
+        student ids ``teacher.vmap.student_ids``), each renormalised there; rows without a
+        teacher signal get 0."""
+        t, rows = self.temperature, teacher.rows
+        log_q = F.log_softmax(student_logits[rows][:, teacher.vmap.student_ids] / t, dim=-1)
+        per_row = self.divergence(log_q, teacher.shared_logp(t))
+        return student_logits.new_zeros(teacher.n, dtype=per_row.dtype).index_add(0, rows, per_row)
+
     def chunk_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
-        """Per-token loss against one chunk of the teacher seam: dense logits or sparse top-K."""
+        """Per-token loss against one chunk of the teacher seam: dense logits, sparse top-K, or aligned
+        (another tokenizer)."""
         if isinstance(teacher, torch.Tensor):
             v = min(student_logits.shape[-1], teacher.shape[-1])
             return self.token_losses(student_logits[:, :v], upcast(teacher[:, :v]))
+        from distiller_zoo.cross_teacher import AlignedChunk   # (it imports this module)
+        if isinstance(teacher, AlignedChunk):
+            return self.aligned_token_losses(student_logits, teacher)
         return self.sparse_token_losses(student_logits, teacher)
 
     def describe(self) -> str:

@@ -88,6 +88,8 @@ class Objective(nn.Module):
                                      f"teacher source does not provide")
                 terms[key] = loss(student_out, teacher.outputs, labels, attention_mask)
                 total = total + w * terms[key]
+        if teacher is not None and teacher.aligned is not None:   # logged per token: the aligned fraction
+            terms["aligned_fraction"] = torch.tensor(float(teacher.aligned), device=total.device)
         return total, terms
 
     def forward(self, student_out, teacher_out, labels, attention_mask=None):

@@ -10,8 +10,8 @@ Losses read it chunk by chunk, ``targets.chunk(a, b)``, as either
 - a :class:`SparseChunk`: the teacher's top-K ids and log-probabilities plus the log-mass of
   the rest of the vocabulary (:class:`distiller_zoo.cache.CachedTeacher`).
 
-A causal teacher with another tokenizer (issue 12) is a third implementation of the same two
-methods. ``targets.outputs`` carries the teacher's hidden states / attentions for the feature
+A teacher with another tokenizer, causal or seq2seq, is a third implementation of the same two
+methods (:mod:`distiller_zoo.cross_teacher`). ``targets.outputs`` carries the teacher's hidden states / attentions for the feature
 and attention losses (None when the source has none, e.g. the cache).
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ class TeacherTargets(ABC):
 
     n: int
     outputs = None
+    aligned: int | None = None   # positions with a teacher signal, when not all have one (another tokenizer)
 
     @abstractmethod
     def chunk(self, start: int, end: int):

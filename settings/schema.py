@@ -104,9 +104,26 @@ class ModelConfig:
     arch: ArchConfig = doc("Architecture for init 'scratch'; for 'shrink' only the layer counts are used.",
                            factory=ArchConfig)
     tokenizer: TokenizerConfig = doc("Tokenizer source.", factory=TokenizerConfig)
+    kind: str = doc("'auto' (from the model's config.json), 'seq2seq' or, for the teacher, 'causal' (a decoder-only "
+                    "LM such as Llama or GPT-2, loaded with AutoModelForCausalLM; it reads prompt_template followed "
+                    "by the target, and may use another tokenizer than the student).", "auto")
+    prompt_template: str = doc("Causal teacher only: the text before the target, with {prefix} (data.prefix) and "
+                               "{source}.", "{prefix}{source}\n")
 
     def __post_init__(self):
         _choice("init", self.init, ("pretrained", "scratch", "shrink"))
+        _choice("kind", self.kind, ("auto", "seq2seq", "causal"))
+        try:
+            filled = self.prompt_template.format(prefix="", source="\0")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt_template: {self.prompt_template!r} is not a template of {{prefix}} and "
+                             f"{{source}} ({type(e).__name__}: {e}); write literal braces as {{{{ }}}}") from None
+        if "\0" not in filled:
+            raise ValueError(f"prompt_template: {self.prompt_template!r} has no {{source}}; the teacher would not "
+                             f"see the input")
+        if self.kind == "causal" and self.init != "pretrained":
+            raise ValueError("kind: a causal teacher is loaded from name_or_path (init pretrained); this tool trains "
+                             "seq2seq models only")
         if self.init == "pretrained" and not self.name_or_path:
             raise ValueError("name_or_path: init 'pretrained' needs name_or_path (a hub id or a local directory), "
                              "or set init: scratch")
@@ -465,6 +482,8 @@ class Config:
                              "distill.pseudo_labels (e.g. {num_beams: 4}) or remove data.unlabeled_file")
         if self.teacher.init == "shrink":
             raise ValueError("teacher.init: 'shrink' is for the student (it copies layers from the teacher)")
+        if self.student.kind == "causal":
+            raise ValueError("student.kind: the student is a seq2seq model; 'causal' is for the teacher")
         for role in ("teacher", "student"):
             m = getattr(self, role)
             if m.init == "scratch" and m.arch.type == "bart":
