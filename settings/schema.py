@@ -255,6 +255,10 @@ class TrainingConfig:
     num_threads: Optional[int] = doc("torch CPU threads (default: torch's choice).", None)
     train_teacher: bool = doc("full_pipeline trains the teacher first; false distills from teacher.name_or_path "
                               "as it is (an already fine-tuned teacher, e.g. a hub summarization model).", True)
+    baseline: bool = doc("distill_student and full_pipeline also train the student with cross-entropy only on the "
+                         "labeled pairs (stage student_ce: the same initialisation, seed, optimisation and number "
+                         "of optimizer steps as the distilled student, no teacher); the benchmark reports the "
+                         "distilled student against it with paired intervals. Also --with_baseline.", False)
 
     def __post_init__(self):
         _choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -373,7 +377,7 @@ class ExtraModel:
     path: str = doc("A saved model directory (save_pretrained, with its tokenizer).", "")
 
     def __post_init__(self):
-        if self.name in ("teacher", "student", "copy_source", "untrained_student") or not self.name.strip():
+        if self.name in ("teacher", "student", "student_ce", "copy_source", "untrained_student") or not self.name.strip():
             raise ValueError(f"name: {self.name!r} is taken or empty; choose another name")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ValueError(f"name: {self.name[:70]!r} names the file predictions_<name>.jsonl in the run directory; "
