@@ -17,8 +17,6 @@ would replace one trains into ``<role>.new`` beside it (``teacher.new/``,
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -281,6 +279,7 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     attentions = "attentions" in objective.requires
     stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
     if baseline:
+        from baseline import baseline_run
         prepare_stage(baseline_run(run), BASELINE)
     found = resolve_model(run, "teacher", teacher_path, attentions)
     if found is None:
@@ -312,55 +311,12 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
         del teacher, found
     final = run_stage(run, stage, Trainer(job, student, s_tok))
     if baseline:
+        from baseline import train_baseline
         train_baseline(cfg, opts, run, teacher_path)
     return final
 
 
-BASELINE = "student_ce"  # the stage of the CE-only student (training.baseline)
-
-
-def train_baseline(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None,
-                   teacher_path: Path | str | None = None) -> Path:
-    """The control that says whether distillation paid off: the student built exactly as
-    distill_student builds it (same seed, hence the same initial weights; the teacher is loaded only
-    for its tokenizer, or its layers under init shrink), trained with cross-entropy alone on the
-    labeled pairs (no pseudo-labels, no transfer set) for as many optimizer steps as the distilled
-    student took, with its optimisation settings. Returns <output_dir>/student_ce/final."""
-    run = baseline_run(run or start(cfg, opts))
-    stage = prepare_stage(run, BASELINE)
-    steps = distilled_steps(run)
-    found = resolve_model(run, "teacher", teacher_path)
-    if found is None:
-        raise UserError("training.baseline: the CE-only student is built like the distilled one, from the "
-                        "teacher's tokenizer; pass --teacher_path DIR or train the teacher into this --output_dir")
-    set_seed(cfg.training.seed)
-    student, tok = build_student(run, found[0], found[1], attentions=False)
-    del found
-    check_positions(student, cfg, "student")
-    job = make_job(run, BASELINE, tok, stage)
-    job.optim = dataclasses.replace(job.optim, max_steps=steps)
-    # checkpoints check a resume against <role> and training.<role>: the student's, with this budget
-    job.config[BASELINE] = job.config["student"]
-    job.config["training"] = dict(job.config["training"], **{BASELINE: dataclasses.asdict(job.optim)})
-    return run_stage(run, stage, Trainer(job, student, tok))
-
-
-def baseline_run(run: Run) -> Run:
-    """The run as the baseline stage sees it: a checkpoint file given to resume another stage
-    (the student's) does not apply to it; it continues its own ('auto') instead."""
-    resume = run.opts.resume
-    if resume in (None, "auto") or Path(resume).resolve().parent.name.startswith(BASELINE):
-        return run
-    return dataclasses.replace(run, opts=dataclasses.replace(run.opts, resume="auto"))
-
-
-def distilled_steps(run: Run) -> int:
-    """Optimizer steps the distilled student took (from its training summary): the baseline's budget."""
-    for d in (stage_dirs(run, "student", new=True)[0], run.output_dir / "student"):
-        if (d / "final").is_dir() and (d / "training_summary.json").is_file():
-            return int(json.loads((d / "training_summary.json").read_text())["steps"])
-    raise UserError(f"training.baseline: the CE-only student trains for as many steps as the distilled one; "
-                    f"distill the student into {run.output_dir} first (--mode distill_student)")
+BASELINE = "student_ce"  # the stage of the CE-only student (training.baseline): baseline.py
 
 
 def build_student(run: Run, teacher, t_tok, attentions: bool):
@@ -477,6 +433,7 @@ def full_pipeline(cfg: Config, opts: RunOptions = RunOptions()) -> dict:
     models = {"teacher": teacher,
               "student": finished_model(run, "student") or distill_student(cfg, opts, run, teacher, baseline=False)}
     if cfg.training.baseline:
+        from baseline import train_baseline
         models[BASELINE] = finished_model(run, BASELINE) or train_baseline(cfg, opts, run, teacher)
     for role in models:
         if (stage_dirs(run, role, new=True)[0] / "final").is_dir():
