@@ -133,7 +133,8 @@ def test_recipe_runs_offline_with_tiny_stand_ins(name, tiny_hub_models, tiny_ber
     assert formula in (out / "logs" / "run.log").read_text()
     results = json.loads((out / "benchmark_results.json").read_text())
     names = [m["name"] for m in results["models"]]
-    assert names[:3] == ["teacher", "student", "student_ce"][:2 + baseline]
+    assert names[:2 + baseline] == ["teacher", "student", "student_ce"][:2 + baseline]
+    assert ("student_ce" in names) == baseline
     scored = set(results["models"][1]["metrics"])
     for metric in recipe.benchmark.metrics:  # every metric the recipe asks for is computed
         assert {"rouge": "rougeL", "bertscore": "bertscore_f1", "style_accuracy": "style_accuracy",
