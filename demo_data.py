@@ -96,3 +96,11 @@ def generate(task: str, num_examples: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     make = SYNTHETIC_TASKS[task]
     return [make(rng) for _ in range(num_examples)]
+
+
+def unlabeled_sources(task: str, num_examples: int, seed: int, count: int) -> list[str]:
+    """The sources of the ``count`` examples generated after the first ``num_examples`` (the labeled
+    ones, whose sources are left out, so that no test input enters the transfer set), distinct."""
+    examples = generate(task, num_examples + count, seed)
+    labeled = {e["source"] for e in examples[:num_examples]}
+    return list(dict.fromkeys(e["source"] for e in examples[num_examples:] if e["source"] not in labeled))

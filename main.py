@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable), e.g. --set training.seed=1")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in output_dir")
+    p.add_argument("--with_baseline", action="store_true",
+                   help="also train the student with cross-entropy only and compare (training.baseline=true)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     return p.parse_args(argv)
 
@@ -61,6 +63,7 @@ def cli_overrides(args) -> list[tuple[str, str]]:
              ("checkpoint_dir", "training.checkpoint_dir"), ("log_dir", "training.log_dir")]
     flags = [(f"--{attr} {shlex.quote(value)}", f"{key}={value}") for attr, key in pairs
              if (value := getattr(args, attr)) is not None]
+    flags += [("--with_baseline", "training.baseline=true")] if getattr(args, "with_baseline", False) else []
     return flags + [(f"--set {text}", text) for text in args.overrides]
 
 

@@ -7,6 +7,7 @@ Run directory layout (``training.output_dir``)::
     teacher/final/                exported teacher (safetensors + tokenizer)
     teacher/metrics.jsonl         training log records
     student/final/  student/metrics.jsonl
+    student_ce/final/             the CE-only baseline student (training.baseline)
     checkpoints/teacher/ checkpoints/student/   step_*.pt, best.pt
     benchmark_results.json  comparison_table.csv  benchmark_report.txt  predictions_<model>.jsonl
 
@@ -237,7 +238,7 @@ def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
     splits = run.splits
     if not splits.train:
         raise UserError("data: the training split is empty; add data or raise data.split_ratios[0]")
-    return TrainJob(role=role, optim=getattr(cfg.training, role),
+    return TrainJob(role=role, optim=getattr(cfg.training, "student" if role == BASELINE else role),
                     train_pairs=training_pairs(splits.train, cfg.data.train_on_all_references),
                     val_examples=splits.validation, collator=run.collator(tokenizer), run_dir=stage.run_dir,
                     checkpoint_dir=stage.checkpoint_dir, device=run.device, precision=run.precision, seed=cfg.training.seed,
@@ -275,15 +276,21 @@ def run_stage(run: Run, stage: Stage, trainer: Trainer) -> Path:
 
 
 def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None,
-                    teacher_path: Path | str | None = None) -> Path:
-    """Distill the student from a trained teacher; returns <output_dir>/student/final."""
+                    teacher_path: Path | str | None = None, baseline: bool = True) -> Path:
+    """Distill the student from a trained teacher; returns <output_dir>/student/final. With
+    training.baseline (and ``baseline``; full_pipeline runs it as a stage of its own), then train the
+    CE-only student."""
     run = run or start(cfg, opts)
+    baseline = baseline and cfg.training.baseline
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
     if cfg.distill.teacher_cache is not None and objective.requires - {"logits"}:
         raise UserError("distill.teacher_cache keeps the teacher's logits only; hidden-state and attention losses "
                         "need the live teacher: remove distill.teacher_cache or those losses")
     attentions = "attentions" in objective.requires
     stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
+    if baseline:
+        from baseline import baseline_run
+        prepare_stage(baseline_run(run), BASELINE)
     found = resolve_model(run, "teacher", teacher_path, attentions)
     if found is None:
         raise UserError(f"distill_student needs a trained teacher: run --mode train_teacher first (it writes "
@@ -319,7 +326,14 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
                                      job.train_pairs, job.collator, tc.top_k, objective.temperatures(), len(s_tok),
                                      run.device, log)
         del teacher, found
-    return run_stage(run, stage, Trainer(job, student, s_tok))
+    final = run_stage(run, stage, Trainer(job, student, s_tok))
+    if baseline:
+        from baseline import train_baseline
+        train_baseline(cfg, opts, run, teacher_path)
+    return final
+
+
+BASELINE = "student_ce"  # the stage of the CE-only student (training.baseline): baseline.py
 
 
 def build_student(run: Run, teacher, t_tok, attentions: bool):
@@ -354,15 +368,15 @@ def resolve_model(run: Run, role: str, source: Path | str | None = None, attenti
     --teacher_path / --student_path flag, this run's ``<role>/final``, then ``<role>.name_or_path``
     when ``<role>.init`` is pretrained."""
     if source is None:
-        source = {"teacher": run.opts.teacher_path, "student": run.opts.student_path}[role]
+        source = {"teacher": run.opts.teacher_path, "student": run.opts.student_path}.get(role)
     if source is None and (run.output_dir / role / "final").is_dir():
         source = run.output_dir / role / "final"
     if source is not None and source != PRETRAINED:
         log.info("%s: %s", role, source)
         model, tok = load_saved(source, f"--{role}_path", attentions, causal_ok=role == "teacher")
         return model, tok, Path(source)
-    mcfg = getattr(run.cfg, role)
-    if mcfg.init != "pretrained":
+    mcfg = getattr(run.cfg, role, None)  # the baseline student exists only as trained by this run
+    if mcfg is None or mcfg.init != "pretrained":
         return None
     tok = load_tokenizer(mcfg.tokenizer, mcfg.name_or_path)
     return build_model(mcfg, tok, attentions, causal_ok=role == "teacher"), tok, None
@@ -379,7 +393,7 @@ def benchmark(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = No
         given = {"teacher": run.opts.teacher_path, "student": run.opts.student_path}
         sources = {role: path for role, path in given.items() if path} or None
     models = []
-    for role in sources or ("teacher", "student"):
+    for role in sources or ("teacher", "student", BASELINE):
         found = resolve_model(run, role, (sources or {}).get(role))
         if found is not None and not found[0].config.is_encoder_decoder:
             log.warning("benchmark: the %s is a causal LM; the benchmark scores seq2seq models, so it is left out",
@@ -436,12 +450,15 @@ def full_pipeline(cfg: Config, opts: RunOptions = RunOptions()) -> dict:
         teacher = PRETRAINED  # an already fine-tuned teacher, used as it is
     else:
         teacher = finished_model(run, "teacher") or train_teacher(cfg, opts, run)
-    student = finished_model(run, "student") or distill_student(cfg, opts, run, teacher)
-    for role in ("teacher", "student"):
+    models = {"teacher": teacher,
+              "student": finished_model(run, "student") or distill_student(cfg, opts, run, teacher, baseline=False)}
+    if cfg.training.baseline:
+        from baseline import train_baseline
+        models[BASELINE] = finished_model(run, BASELINE) or train_baseline(cfg, opts, run, teacher)
+    for role in models:
         if (stage_dirs(run, role, new=True)[0] / "final").is_dir():
-            final = replace_stage(run, role)
-            teacher, student = (final, student) if role == "teacher" else (teacher, final)
-    return benchmark(cfg, opts, run, {"teacher": teacher, "student": student})
+            models[role] = replace_stage(run, role)
+    return benchmark(cfg, opts, run, models)
 
 
 def finished_model(run: Run, role: str) -> Path | None:

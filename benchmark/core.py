@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,28 +16,32 @@ from benchmark.measure import count_parameters, disk_mb, environment, measure_in
 from benchmark.plots import write_plots
 from benchmark.quality import LOWER_IS_BETTER, intervals, paired, score
 from benchmark.report import write_reports
+from benchmark.baselines import delete_words, learn_toxic_words
+from benchmark.verdict import diversity, verdict
 from generation import generation_config
 from metrics import sacrebleu_signatures
 from utils import distributed as dist
 from utils.errors import UserError
 from utils.logs import log
 
-REFERENCE_ROWS = ("copy_source", "untrained_student")  # floors, not candidates: left out of comparisons
+# floors, not candidates: left out of comparisons
+REFERENCE_ROWS = ("copy_source", "delete_toxic_words", "untrained_student")
 
 
 @dataclass
 class BenchModel:
     name: str                      # "teacher", "student", an extra model's name, or a reference row
-    model: torch.nn.Module | None  # None for copy_source
+    model: torch.nn.Module | None  # None for a rule (copy_source, delete_toxic_words)
     tokenizer: object
     path: Path | None = None
+    rule: Callable[[str], str] | None = None  # a trivial system's output for a source
 
 
 def run_benchmark(models: list[BenchModel], run) -> dict:
     """Evaluate ``models`` on the configured split and write the reports into run.output_dir."""
     cfg = run.cfg.benchmark
     examples = benchmark_examples(run)
-    models = models + reference_rows(models, cfg.baselines)
+    models = models + reference_rows(models, cfg.baselines, run)
     log.info("benchmark: %d %s examples, models %s", len(examples), cfg.split, ", ".join(m.name for m in models))
     evaluated = [evaluate_model(m, examples, run) for m in models]
     if not dist.is_main():  # under torchrun the other ranks only decoded their shards; rank 0 scores and reports
@@ -51,9 +56,11 @@ def run_benchmark(models: list[BenchModel], run) -> dict:
         "sacrebleu_signatures": sacrebleu_signatures(),
         "environment": environment(run.device, run.precision),
         "models": records,
+        "references_distinct_fraction": diversity([e.references[0] for e in examples])["distinct_fraction"],
         "comparison": compare(records, {e.record["name"]: e for e in evaluated}, examples, cfg),
         "notes": list(dict.fromkeys(n for e in evaluated for n in e.notes)),
     }
+    results["verdict"] = verdict(results, LOWER_IS_BETTER)
     run_dirs = {role: run.output_dir / role for role in ("teacher", "student")}
     results["plots"] = write_plots(results, run.output_dir, run_dirs)
     write_reports(results, run.output_dir)
@@ -70,13 +77,19 @@ def benchmark_examples(run):
     return examples
 
 
-def reference_rows(models: list[BenchModel], names: list[str]) -> list[BenchModel]:
-    """Rows that show whether the trained models learned anything (the input copied; random weights)."""
+def reference_rows(models: list[BenchModel], names: list[str], run) -> list[BenchModel]:
+    """Rows that show whether the trained models learned anything (the input copied; a learned
+    deletion list applied; random weights)."""
     out = []
     ref = next((m for m in models if m.name == "student"), None)  # the architecture of the random row
     for name in names:
         if name == "copy_source":
-            out.append(BenchModel("copy_source", None, None))
+            out.append(BenchModel("copy_source", None, None, rule=lambda s: s))
+        elif name == "delete_toxic_words":
+            words = learn_toxic_words(run.splits.train)
+            log.info("benchmark: delete_toxic_words learned %d words from the training split (e.g. %s)",
+                     len(words), ", ".join(sorted(words)[:8]))
+            out.append(BenchModel(name, None, None, rule=lambda s, w=frozenset(words): delete_words(s, w)))
         elif name == "untrained_student" and ref is not None:
             from transformers import AutoModelForSeq2SeqLM
             torch.manual_seed(0)
@@ -98,11 +111,12 @@ def evaluate_model(bm: BenchModel, examples, run) -> Evaluated:
     sources = [e.source for e in examples]
     record = {"name": bm.name, "path": str(bm.path) if bm.path else None}
     if bm.model is None:
-        preds = list(sources)
+        preds = [bm.rule(s) for s in sources]
     else:
         preds = _measure(bm, sources, run, record)
     if not dist.is_main():
         return None
+    record.update(diversity(preds))
     record["metrics"], per_example, notes = score(cfg, examples, preds, run.device)
     record["ci"] = intervals(cfg, examples, preds, per_example)
     _write_predictions(run.output_dir / f"predictions_{bm.name}.jsonl", examples, preds)

@@ -5,11 +5,13 @@ import csv
 import io
 from pathlib import Path
 
+from benchmark.verdict import headline_lines
 from utils.files import atomic_write_text, write_json
 from utils.logs import log
 
 SIZE_KEYS = ("params_total", "params_trainable", "size_on_disk_mb", "peak_memory_mb")
 SPEED_KEYS = ("samples_per_s", "tokens_per_s", "latency_p50_ms", "latency_p95_ms")
+DIVERSITY_KEYS = ("distinct_fraction", "most_frequent_fraction")  # a collapsed model has few distinct outputs
 
 
 def metric_keys(results: dict) -> list[str]:
@@ -25,7 +27,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list]]:
     header = ["model"]
     for k in metric_keys_:
         header += [k, f"{k}_ci_low", f"{k}_ci_high"]
-    header += [*SIZE_KEYS, *SPEED_KEYS]
+    header += [*DIVERSITY_KEYS, *SIZE_KEYS, *SPEED_KEYS]
     comp_header, comp_values = comparison_columns(results)
     rows = []
     for r in results["models"]:
@@ -33,7 +35,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list]]:
         for k in metric_keys_:
             low, high = r.get("ci", {}).get(k, (None, None))
             row += [r["metrics"].get(k), low, high]
-        row += [r.get(k) for k in SIZE_KEYS + SPEED_KEYS]
+        row += [r.get(k) for k in DIVERSITY_KEYS + SIZE_KEYS + SPEED_KEYS]
         rows.append(row + [comp_values.get((r["name"], col)) for col in comp_header])
     return header + comp_header, rows
 
@@ -73,9 +75,10 @@ def render_text(results: dict) -> str:
     conf = int(round(results.get("confidence", 0.95) * 100))
     out = [f"Benchmark on {results['num_examples']} {results['split']} examples "
            f"({env['device']}, {env['precision']}, torch {env['torch']}, transformers {env['transformers']})",
-           "Decoding (same for every model): " + ", ".join(f"{k}={v}" for k, v in d.items()), "",
-           f"Quality (0-100, {conf}% bootstrap interval in brackets)"]
-    out += _aligned(_quality_cells(results)) + ["", "Size and speed"] + _aligned(_speed_cells(results))
+           "Decoding (same for every model): " + ", ".join(f"{k}={v}" for k, v in d.items()), ""]
+    out += headline_lines(results, conf) + [f"Quality (0-100, {conf}% bootstrap interval in brackets)"]
+    out += _aligned(_quality_cells(results)) + ["", "Diversity of the outputs"] + _aligned(_diversity_cells(results))
+    out += ["", "Size and speed"] + _aligned(_speed_cells(results))
     scores = {r["name"]: r["metrics"] for r in results["models"]}
     for name, comp in results["comparison"].items():
         out += ["", f"{name}"] + _comparison_lines(comp, conf, scores[comp["reference"]])
@@ -99,6 +102,19 @@ def _quality_cells(results):
     return cells
 
 
+def _diversity_cells(results):
+    cells = [["model", "distinct %", "most frequent output", "its share %"]]
+    for r in results["models"]:
+        top = r.get("most_frequent")
+        top = None if top is None else repr(top if len(top) <= 50 else top[:47] + "...")
+        cells.append([r["name"], _pct(r.get("distinct_fraction")), fmt(top), _pct(r.get("most_frequent_fraction"))])
+    return cells
+
+
+def _pct(fraction) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}"
+
+
 def _speed_cells(results):
     keys = [k for k in SIZE_KEYS + SPEED_KEYS if any(r.get(k) is not None for r in results["models"])]
     return [["model", *keys]] + [[r["name"], *(fmt(r.get(k)) for k in keys)] for r in results["models"]]
@@ -110,6 +126,8 @@ def _comparison_lines(c: dict, conf: int, reference_scores: dict) -> list[str]:
              f"  speedup (samples/s of {c['model']} / samples/s of {c['reference']}): {fmt(c['speedup'])}x",
              f"  retention % ({c['model']} / {c['reference']} x 100) and paired difference "
              f"({c['model']} - {c['reference']}, {conf}% interval):"]
+    if c.get("retention_caveat"):
+        lines.append(f"  NOT A SUCCESS MEASURE HERE: {c['retention_caveat']}")
     for k in dict.fromkeys([*c["retention_pct"], *c.get("paired", {})]):
         pct = c["retention_pct"].get(k)
         if k not in c["retention_pct"]:

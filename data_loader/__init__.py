@@ -410,6 +410,10 @@ def _warn_overlap(parts):
 
 def unlabeled_sources(cfg) -> list[str]:
     """The distinct non-blank sources of ``data.unlabeled_file`` (a transfer set without references)."""
+    if cfg.synthetic is not None and cfg.synthetic.unlabeled_examples:
+        from demo_data import unlabeled_sources as synthetic_sources
+        return synthetic_sources(cfg.synthetic.task, cfg.synthetic.num_examples, cfg.synthetic.seed,
+                                 cfg.synthetic.unlabeled_examples)
     if not cfg.unlabeled_file:
         return []
     path, column = cfg.unlabeled_file, cfg.unlabeled_column or cfg.source_column

@@ -139,9 +139,13 @@ class SyntheticConfig:
     task: str = doc("Task name: a key of demo_data.SYNTHETIC_TASKS (polite_rewrite, keyword_summary).", "keyword_summary")
     num_examples: int = doc("Number of examples generated before splitting.", 4000)
     seed: int = doc("Generation seed (same seed, same data).", 0)
+    unlabeled_examples: int = doc("Sources generated after the num_examples labeled ones, their targets thrown "
+                                  "away: a transfer set only the teacher labels (needs distill.pseudo_labels; "
+                                  "sources equal to a labeled one are left out).", 0)
 
     def __post_init__(self):
         _positive("num_examples", self.num_examples, 10**8)
+        _in_range("unlabeled_examples", self.unlabeled_examples, 0, 10**8)
         _seed("seed", self.seed)
 
 
@@ -272,6 +276,10 @@ class TrainingConfig:
     num_threads: Optional[int] = doc("torch CPU threads (default: torch's choice).", None)
     train_teacher: bool = doc("full_pipeline trains the teacher first; false distills from teacher.name_or_path "
                               "as it is (an already fine-tuned teacher, e.g. a hub summarization model).", True)
+    baseline: bool = doc("distill_student and full_pipeline also train the student with cross-entropy only on the "
+                         "labeled pairs (stage student_ce: the same initialisation, seed, optimisation and number "
+                         "of optimizer steps as the distilled student, no teacher); the benchmark reports the "
+                         "distilled student against it with paired intervals. Also --with_baseline.", False)
 
     def __post_init__(self):
         _choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -393,7 +401,8 @@ class ExtraModel:
     path: str = doc("A saved model directory (save_pretrained, with its tokenizer).", "")
 
     def __post_init__(self):
-        if self.name in ("teacher", "student", "copy_source", "untrained_student") or not self.name.strip():
+        if self.name in ("teacher", "student", "student_ce", "copy_source", "delete_toxic_words",
+                         "untrained_student") or not self.name.strip():
             raise ValueError(f"name: {self.name!r} is taken or empty; choose another name")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ValueError(f"name: {self.name[:70]!r} names the file predictions_<name>.jsonl in the run directory; "
@@ -430,8 +439,11 @@ class BenchmarkConfig:
     confidence: float = doc("Confidence level of the bootstrap intervals.", 0.95)
     models: list[ExtraModel] = doc("More models to evaluate, e.g. [{name: baseline, path: runs/b/student/final}]; "
                                    "the student is compared with each.", factory=list)
-    baselines: list[str] = doc("Reference rows in the report: 'copy_source' (the input as the output) and "
-                               "'untrained_student' (the student's architecture, random weights).", factory=list)
+    baselines: list[str] = doc("Reference rows in the report: 'copy_source' (the input as the output), "
+                               "'delete_toxic_words' (the input minus the words that the training split's "
+                               "references delete, for detoxification data) and 'untrained_student' (the "
+                               "student's architecture, random weights). A trained model below copy_source or "
+                               "delete_toxic_words is flagged at the top of the report.", factory=list)
 
     def __post_init__(self):
         _choice("split", self.split, ("test", "validation", "train"))
@@ -458,7 +470,7 @@ class BenchmarkConfig:
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"confidence: must be in [0.5, 1), got {self.confidence}")
         for b in self.baselines:
-            _choice("baselines", b, ("copy_source", "untrained_student"))
+            _choice("baselines", b, ("copy_source", "delete_toxic_words", "untrained_student"))
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: two models share a name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); "
@@ -477,9 +489,12 @@ class Config:
     benchmark: BenchmarkConfig = doc("Benchmark settings.", factory=BenchmarkConfig)
 
     def __post_init__(self):
-        if self.data.unlabeled_file and self.distill.pseudo_labels is None:
-            raise ValueError("data.unlabeled_file: sources without references are labelled by the teacher; set "
-                             "distill.pseudo_labels (e.g. {num_beams: 4}) or remove data.unlabeled_file")
+        syn = self.data.synthetic
+        for key, on in (("unlabeled_file", self.data.unlabeled_file),
+                        ("synthetic.unlabeled_examples", syn and syn.unlabeled_examples)):
+            if on and self.distill.pseudo_labels is None:
+                raise ValueError(f"data.{key}: sources without references are labelled by the teacher; set "
+                                 f"distill.pseudo_labels (e.g. {{num_beams: 4}}) or remove data.{key}")
         if self.teacher.init == "shrink":
             raise ValueError("teacher.init: 'shrink' is for the student (it copies layers from the teacher)")
         if self.student.kind == "causal":
