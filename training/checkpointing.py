@@ -113,8 +113,8 @@ class CheckpointMixin:
         which fixes the data order) is unchanged; returns ``saved`` with this run's per-rank batch size."""
         role = self.job.role
         optim = saved.get("training", {}).get(role)
-        if not isinstance(optim, dict) or "batch_size" not in optim:
-            return saved
+        if saved_world == self.world or not isinstance(optim, dict) or "batch_size" not in optim:
+            return saved  # same ranks: resume_changes refuses a batch_size change by name
         was = optim["batch_size"] * saved_world
         if was != self.global_batch:
             fits = f"--set training.{role}.batch_size={was // self.world}" if was % self.world == 0 else \
