@@ -32,6 +32,7 @@ from models import attention_kwargs, build_model, is_causal_lm, load_saved, load
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
+from training.trainer import config_section
 from utils import distributed as dist
 from utils.errors import UserError
 from utils.files import ensure_writable_dir
@@ -238,7 +239,7 @@ def make_job(run: Run, role: str, tokenizer, stage: Stage, **extra) -> TrainJob:
     splits = run.splits
     if not splits.train:
         raise UserError("data: the training split is empty; add data or raise data.split_ratios[0]")
-    return TrainJob(role=role, optim=getattr(cfg.training, "student" if role == BASELINE else role),
+    return TrainJob(role=role, optim=getattr(cfg.training, config_section(role)),
                     train_pairs=training_pairs(splits.train, cfg.data.train_on_all_references),
                     val_examples=splits.validation, collator=run.collator(tokenizer), run_dir=stage.run_dir,
                     checkpoint_dir=stage.checkpoint_dir, device=run.device, precision=run.precision, seed=cfg.training.seed,

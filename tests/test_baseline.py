@@ -100,3 +100,19 @@ def test_baseline_stage_refuses_resumes_and_overwrites_like_the_student(zero_kd_
     assert main(args) == 2  # an earlier run is never replaced silently
     assert main(args + ["--overwrite"]) == 0
     assert not (run / "student_ce.new").exists() and (run / "student_ce" / "final").is_dir()
+
+
+def test_baseline_messages_and_resume_policy_name_the_students_settings(tmp_path):
+    """student_ce trains with training.student.*: a NaN stop and the resume policy must name those keys."""
+    from types import SimpleNamespace
+    from checkpoints import resume_changes
+    from training import Trainer, TrainJob
+    from utils.errors import UserError
+    job = SimpleNamespace(role="student_ce", section=TrainJob.section.fget(SimpleNamespace(role="student_ce")),
+                          checkpoint_dir=tmp_path)
+    with pytest.raises(UserError, match=r"lower training\.student\.learning_rate"):
+        Trainer._stop_not_finite(SimpleNamespace(job=job), "the loss is nan")
+    saved = {"training": {"student": {"learning_rate": 1e-3, "epochs": 2}}}
+    now = {"training": {"student": {"learning_rate": 5e-4, "epochs": 2}}}
+    refused, changed = resume_changes(saved, now, job.section)
+    assert refused == [] and changed == ["training.student.learning_rate: 0.001 -> 0.0005"]

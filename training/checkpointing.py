@@ -81,7 +81,8 @@ class CheckpointMixin:
             try:
                 module.load_state_dict(ckpt["weights"][name])
             except (KeyError, RuntimeError) as e:
-                diffs = config_differences(saved.get(role, {}), self.job.config.get(role, {}), f"{role}.") + \
+                section = self.job.section
+                diffs = config_differences(saved.get(section, {}), self.job.config.get(section, {}), f"{section}.") + \
                     config_differences(saved.get("distill", {}), self.job.config.get("distill", {}), "distill.")
                 what = "; ".join(diffs[:4]) or one_line(e)
                 raise UserError(f"checkpoint {path} does not fit the configured {role} ({what}); resume with the "
@@ -89,10 +90,11 @@ class CheckpointMixin:
         if ckpt["total_steps"] != self.total_steps:
             raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
                             f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
-        refused, changed = resume_changes(saved, self.job.config, role)
+        refused, changed = resume_changes(saved, self.job.config, self.job.section)
         if refused:
             raise UserError(f"checkpoint {path}: a resume cannot change {'; '.join(refused[:4])}; resume with the "
-                            f"checkpoint's values (a resume may change training.{role}.{{{', '.join(RESUME_MAY_CHANGE)}}}) "
+                            f"checkpoint's values (a resume may change training.{self.job.section}."
+                            f"{{{', '.join(RESUME_MAY_CHANGE)}}}) "
                             f"or start the stage over with --overwrite")
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -111,7 +113,7 @@ class CheckpointMixin:
     def _check_global_batch(self, saved: dict, saved_world: int, path: Path) -> dict:
         """A run saved with N ranks resumes with M ranks when batch_size x ranks (the global micro-batch,
         which fixes the data order) is unchanged; returns ``saved`` with this run's per-rank batch size."""
-        role = self.job.role
+        role = self.job.section
         optim = saved.get("training", {}).get(role)
         if saved_world == self.world or not isinstance(optim, dict) or "batch_size" not in optim:
             return saved  # same ranks: resume_changes refuses a batch_size change by name

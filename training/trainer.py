@@ -50,7 +50,7 @@ MAX_SKIPPED_FP16_STEPS = 10  # consecutive fp16 overflows tolerated before the r
 class TrainJob:
     """Everything a training stage needs besides the model (pipeline.make_job builds it from the config)."""
 
-    role: str                       # "teacher" or "student"
+    role: str                       # the stage: "teacher", "student" or "student_ce"
     optim: OptimConfig
     train_pairs: list[tuple[str, str]]
     val_examples: list[Example]
@@ -66,6 +66,16 @@ class TrainJob:
     teacher: object | None = None   # a teacher source (distiller_zoo.teacher), or a bare model (run live)
     chunk_size: int = 256           # target positions per chunk of the fused loss; 0 = full logits
     compile_chunks: bool = False    # torch.compile each chunk's loss and gradient
+
+    @property
+    def section(self) -> str:
+        return config_section(self.role)
+
+
+def config_section(role: str) -> str:
+    """The config section holding a stage's settings: the CE-only baseline (pipeline.BASELINE) trains
+    with the student's, so its messages must name training.student.*."""
+    return "student" if role == "student_ce" else role
 
 
 class Trainer(ValidationMixin, CheckpointMixin):
@@ -263,14 +273,13 @@ class Trainer(ValidationMixin, CheckpointMixin):
     def _stop_not_finite(self, what: str, hint: str = ""):
         """Stop a run whose loss or weights are no longer finite. Nothing of it is saved; the message
         points at the last checkpoint saved, which passed these checks."""
-        role = self.job.role
+        role, key = self.job.role, f"training.{self.job.section}.learning_rate"
         good = latest_checkpoint(self.job.checkpoint_dir)
         if good is not None:
-            then = (f"then resume from the last good checkpoint: --resume_from_checkpoint {good} "
-                    f"--set training.{role}.learning_rate=<lower>")
+            then = f"then resume from the last good checkpoint: --resume_from_checkpoint {good} --set {key}=<lower>"
         else:
             then = "then start the stage over (no good checkpoint was saved yet)"
-        raise UserError(f"{role}: {what}; lower training.{role}.learning_rate{hint}, {then}")
+        raise UserError(f"{role}: {what}; lower {key}{hint}, {then}")
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for m in self.trainable_modules().values() for p in m.parameters())
