@@ -34,10 +34,9 @@ def train_baseline(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None
     del found
     check_positions(student, cfg, "student")
     job = make_job(run, BASELINE, tok, stage)
+    # the student's settings with this budget; a resume is checked against training.student
+    # (TrainJob.section) and against the budget (the checkpoint's total steps)
     job.optim = dataclasses.replace(job.optim, max_steps=steps)
-    # checkpoints check a resume against <role> and training.<role>: the student's, with this budget
-    job.config[BASELINE] = job.config["student"]
-    job.config["training"] = dict(job.config["training"], **{BASELINE: dataclasses.asdict(job.optim)})
     return run_stage(run, stage, Trainer(job, student, tok))
 
 

@@ -116,3 +116,17 @@ def test_baseline_messages_and_resume_policy_name_the_students_settings(tmp_path
     now = {"training": {"student": {"learning_rate": 5e-4, "epochs": 2}}}
     refused, changed = resume_changes(saved, now, job.section)
     assert refused == [] and changed == ["training.student.learning_rate: 0.001 -> 0.0005"]
+
+
+def test_baseline_resume_may_lower_the_students_learning_rate(zero_kd_run, tmp_path):
+    """A resume of student_ce applies a changed training.student.learning_rate (what it trains with)."""
+    import shutil
+    cfg, out = zero_kd_run
+    run = tmp_path / "run"
+    args = ["--mode", "distill_student", "--config", str(cfg), "--output_dir", str(run),
+            "--teacher_path", str(out / "teacher" / "final"), "--with_baseline"]
+    assert main(args) == 0
+    shutil.rmtree(run / "student_ce" / "final")
+    assert main(args + ["--resume_from_checkpoint", "auto", "--set", "training.student.learning_rate=1e-4"]) == 0
+    summary = json.loads((run / "student_ce" / "training_summary.json").read_text())
+    assert [r["changed"] for r in summary["resumes"]] == [["training.student.learning_rate: 0.003 -> 0.0001"]]
