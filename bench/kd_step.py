@@ -11,8 +11,11 @@ per model pair goes through every implementation and the student's gradients mus
 naive reference (fp32, relative 1e-4; a cached teacher is checked with top_k = V, where it is exact,
 and timed with the configured K); a disagreement stops the run. Then each implementation runs
 in a fresh process: ``--warmup`` steps, then ``--repeats`` timed steps (median and min-max), and
-the extra resident memory of a step (peak RSS during the timed steps minus the RSS before them,
-with glibc told to return freed memory so the baseline is honest).
+the extra resident memory of a step (peak RSS during the timed steps minus the RSS before them;
+``malloc_trim`` first returns the warm-up's freed heap to the system, so the baseline is honest).
+The allocator keeps its default settings: forcing every large block through ``mmap`` (as an
+earlier version did) faults fresh pages on every allocation, a cost a training run does not pay and
+that falls hardest on paths allocating many chunk-sized buffers.
 
 Implementations: ``ce`` (student step, CE only), ``teacher_forward`` (no-grad teacher logits),
 ``naive`` (``F.kl_div`` on full logits), ``trl`` (TRL's ``generalized_jsd_loss``, beta 0),
@@ -23,6 +26,7 @@ through ``Trainer.train_step`` (the trainer's own path, objective from the confi
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import os
@@ -55,9 +59,12 @@ LABEL_PADDING = 0.2  # share of the label positions that are padding (-100)
 IMPLS = ("ce", "teacher_forward", "naive", "trl", "liger", "liger_compiled", "project")
 # the project's variants timed by default: the compiled fused path, the unchunked path and the
 # cached teacher; --losses adds the compiled fused path for each other logit loss
-DEFAULT_PROJECT = ('{"compile_chunks": true}', '{"chunk_size": 0}', '{"teacher_cache": {"top_k": 32}}')
+DEFAULT_PROJECT = ('{"compile_chunks": true}', '{"chunk_size": 0}', '{"teacher_cache": {"top_k": 32}}',
+                   '{"teacher_cache": {"top_k": 32}, "compile_chunks": true}', '{"ce_only": true, "compile_chunks": true}')
+CACHED = 'project[{"teacher_cache": {"top_k": 32}, "compile_chunks": true}]'
+FUSED_CE = 'project[{"ce_only": true, "compile_chunks": true}]'   # the trainer's CE-only step, CE fused
 OTHER_LOSSES = ("reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl")
-CHECKED = ("naive", "trl", "liger", "liger_compiled", "project")  # same objective, so same gradients
+CHECKED = ("naive", "trl", "liger", "liger_compiled", "project")  # each checked against its reference
 GRAD_PARAMS = ("shared.weight", "decoder.final_layer_norm.weight", "encoder.block.0.layer.0.SelfAttention.q.weight",
                "decoder.block.0.layer.1.EncDecAttention.v.weight")
 
@@ -172,15 +179,17 @@ def project_step(student, teacher, vocab: int, options: dict, batch: dict):
     from utils.runtime import resolve_precision
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     loss = options.pop("loss", "vanilla_kl")
+    ce_only = options.pop("ce_only", False)   # the trainer's own CE-only step: fused CE, no teacher
     unknown = sorted(set(options) - fields)
     if unknown:
         raise SystemExit(f"this checkout's distill config has no {', '.join(unknown)}")
     cache = options.pop("teacher_cache", None)
     distill = DistillConfig(ce_weight=0.5, losses=[LossSpec(loss, 0.5,
                                                             {"temperature": 1.0})], **options)
-    objective = build_objective(SimpleNamespace(distill=distill))
-    objective.vocab_size = vocab
-    objective.bind(student.config, teacher.config)
+    objective = None if ce_only else build_objective(SimpleNamespace(distill=distill))
+    if objective is not None:
+        objective.vocab_size = vocab
+        objective.bind(student.config, teacher.config)
     tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1, "__len__": lambda self: vocab,
                            "get_vocab": lambda self: {}})()
     tmp = Path(tempfile.mkdtemp(prefix="kd_bench_"))
@@ -190,7 +199,8 @@ def project_step(student, teacher, vocab: int, options: dict, batch: dict):
                                                      warmup_ratio=0.0, learning_rate=1e-4),
                    train_pairs=[("", "")], val_examples=[], collator=FixedBatch(batch), run_dir=tmp,
                    checkpoint_dir=tmp, device=torch.device("cpu"),
-                   precision=resolve_precision("fp32", torch.device("cpu")), seed=0, config={}, generation=BenchmarkConfig(), objective=objective, teacher=teacher, **extra)
+                   precision=resolve_precision("fp32", torch.device("cpu")), seed=0, config={}, generation=BenchmarkConfig(), objective=objective,
+                   teacher=None if ce_only else teacher, **extra)
     if cache is not None:
         from distiller_zoo.cache import open_cache
         job.teacher = open_cache(tmp / "cache", teacher, tok, job.train_pairs, job.collator, cache["top_k"],
@@ -244,6 +254,7 @@ def worker(a) -> dict:
         return {"impl": a.impl, "loss": loss}
     for _ in range(a.warmup):
         step(batch)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)          # the warm-up's freed heap back to the system
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     base = rss_mb("VmRSS")
     times = []
@@ -256,7 +267,7 @@ def worker(a) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 def run_worker(impl: str, shape: str, a, check: bool, out: Path | None = None, options: dict | None = None) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", TRL_EXPERIMENTAL_SILENCE="1",
+    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1",
                OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, __file__, "--worker", impl, "--shapes", shape, "--threads", str(a.threads),
            "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--project-options", json.dumps(options or {})]
@@ -269,8 +280,11 @@ def run_worker(impl: str, shape: str, a, check: bool, out: Path | None = None, o
 
 
 def reference_of(options: dict) -> tuple[str, dict]:
-    """What a variant must agree with: the naive forward KL, or for another loss its unchunked path."""
+    """What a variant must agree with: the naive forward KL, the plain CE step for the CE-only variant, or
+    for another loss its unchunked path."""
     loss = options.get("loss", "vanilla_kl")
+    if options.get("ce_only"):
+        return "ce", {}
     if loss == "vanilla_kl":
         return "naive", {}
     ref = {"loss": loss, "chunk_size": 0}
@@ -401,6 +415,9 @@ def print_targets(rows: dict) -> None:
     line("fused KD step / naive, time (>= 2.5x faster)", fused, "naive", 0.4)
     line("fused KD step / TRL, time (>= 2.5x faster)", fused, "trl", 0.4)
     line("cached-teacher step / CE-only step, time", 'project[{"teacher_cache": {"top_k": 32}}]', "ce", 1.10)
+    line("cached-teacher step, compiled / CE-only step, time", CACHED, "ce", 1.10)
+    line("cached-teacher step, compiled / our fused CE-only step, time", CACHED, FUSED_CE, 1.10)
+    line("our fused CE-only step / CE-only step, time", FUSED_CE, "ce", 1.0)
 
 
 if __name__ == "__main__":
