@@ -39,8 +39,8 @@ def run_study(config_path: str | Path, launch=None, aggregate_only: bool = False
     attach_log_file(study_dir / "logs" / "study.log")
     common = [s.replace(STUDY_DIR, str(study_dir)) for s in study.overrides]
     base_cfg = load_config(base, common)
-    log.info("study %s: %d methods (%s) x %d seeds in %s", config_path, len(study.method_names),
-             ", ".join(study.method_names), len(study.seeds), study_dir)
+    log.info("study %s: %d methods (%s) x seeds %s in %s", config_path, len(study.method_names),
+             ", ".join(study.method_names), study.seeds, study_dir)
     split = study_split(base_cfg.data, study.test_sources, study.validation_sources, study.split_seed)
     paths = write_split(split, study_dir / "split")
     log.info("study split: train %d, validation %d, test %d sources (%d test references) in %s",

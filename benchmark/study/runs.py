@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.study.config import CE_ONLY, STUDY_DIR, StudyConfig
+from benchmark.study.config import STUDY_DIR, StudyConfig
 from utils.errors import UserError
 from utils.files import atomic_write_text
 from utils.logs import log
@@ -72,12 +72,10 @@ def teacher_final(study_dir: Path) -> Path:
     return study_dir / "teacher" / "teacher" / "final"
 
 
-def plan(study: StudyConfig, base: Path, study_dir: Path, data_sets: list[str], load=None) -> list[StudyRun]:
+def plan(study: StudyConfig, base: Path, study_dir: Path, data_sets: list[str]) -> list[StudyRun]:
     """Every run of the study, in order (the teacher, then seed by seed every method), its config
-    checked in-process first, so that a bad override fails in seconds, not after hours of training.
-    ``load(config_path, overrides) -> Config`` is settings.load_config (given in tests)."""
-    from settings import load_config
-    load = load or load_config
+    checked in-process first, so that a bad override fails in seconds, not after hours of training."""
+    from settings import load_config as load
     common = [s.replace(STUDY_DIR, str(study_dir)) for s in study.overrides] + data_sets
     teacher_dir = study_dir / "teacher"
     head = [sys.executable, str(MAIN), "--config", str(base)]
@@ -133,13 +131,13 @@ def _check(cfg, method: str) -> None:
 def execute(runs: list[StudyRun], log_dir: Path, launch=None) -> None:
     """Run what is not finished, in order; one log line per run started, skipped or finished."""
     launch = launch or run_logged
-    for run in runs:
+    for i, run in enumerate(runs, 1):
         what = "resuming" if run.directory.exists() else "started"
         _check_same_settings(run)
         if run.done.exists():
-            log.info("study run %s: skipped (finished earlier: %s exists)", run.name, run.done)
+            log.info("study run %s: skipped (%d/%d; finished earlier: %s exists)", run.name, i, len(runs), run.done)
             continue
-        log.info("study run %s: %s in %s%s", run.name, what, run.directory,
+        log.info("study run %s: %s (%d/%d) in %s%s", run.name, what, i, len(runs), run.directory,
                  " (also the CE-only student, ce_only)" if run.hosts_ce_only else "")
         log_path = log_dir / f"{run.name}.log"
         t0 = time.monotonic()
@@ -191,5 +189,3 @@ def ce_only_dir(study: StudyConfig, study_dir: Path, seed: int) -> Path:
     """The run directory holding ce_only's model and predictions for ``seed``."""
     return method_dir(study_dir, host_method(study), seed)
 
-
-__all__ = ["CE_ONLY", "RunFailed", "StudyRun", "execute", "plan", "run_logged"]

@@ -23,12 +23,17 @@ def render_table(r: dict) -> str:
         f"regression toxicity classifier, trained on the training split's sources (toxic) against its references "
         f"(neutral), calls non-toxic. Its held-out accuracy on the test split: {sc['accuracy']:.1f}% "
         f"({sc['toxic_recall']:.1f}% of the {sc['n_toxic']:,} sources called toxic, {sc['neutral_recall']:.1f}% of the "
-        f"{sc['n_neutral']:,} references called non-toxic).", "",
+        f"{sc['n_neutral']:,} references called non-toxic). An empty output counts as non-toxic: read the score "
+        f"beside BLEU and chrF.", "",
         "| system | " + " | ".join(metrics.values()) + " | retention (chrF) | speedup |",
         "|---" * (len(metrics) + 3) + "|",
     ]
     for name, s in r["systems"].items():
         label = f"{name} ({len(s['seeds'])} seeds)" if len(s["seeds"]) > 1 else name
+        if s["kind"] == "teacher" and r["teacher_beats_trivial"]:
+            below = [metrics[k] for k, ok in r["teacher_beats_trivial"].items() if not ok]
+            label += (f" (does NOT beat both trivial systems on {', '.join(below)})" if below
+                      else " (beats both trivial systems)")
         cells = [_ci(s["metrics"][k], s["ci"][k]) for k in metrics]
         ret = f"{s['retention_chrf_pct']:.1f}%" if s["retention_chrf_pct"] is not None else "-"
         speed = f"{s['speedup']:.2f}x" if s["speedup"] is not None else "-"
