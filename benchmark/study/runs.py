@@ -53,9 +53,10 @@ class RunFailed(Exception):
 
     def __init__(self, run: StudyRun, code: int, log_path: Path):
         tail = "".join(deque(log_path.open(encoding="utf-8", errors="replace"), maxlen=15)) if log_path.exists() else ""
-        why = "was stopped by a signal" if code in (130, 143) else "failed"
-        super().__init__(f"study run {run.name} {why} (exit {code}); the last lines of {log_path}:\n{tail.rstrip()}\n"
-                         f"Rerun the same command (after fixing the cause): finished runs are skipped, this one resumes.")
+        stopped = code in (130, 143)  # SIGINT / SIGTERM: the run saved a checkpoint
+        super().__init__(f"study run {run.name} {'was stopped by a signal' if stopped else 'failed'} (exit {code}); the "
+                         f"last lines of {log_path}:\n{tail.rstrip()}\n{'' if stopped else 'Fix the cause, then '}"
+                         f"rerun the same study command: finished runs are skipped, this one resumes.")
         self.code = code
 
 
