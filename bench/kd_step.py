@@ -57,8 +57,9 @@ SHAPES = {
 CHECK_BATCH = (4, 32, 16)
 LABEL_PADDING = 0.2  # share of the label positions that are padding (-100)
 IMPLS = ("ce", "teacher_forward", "naive", "trl", "liger", "liger_compiled", "project")
-# the project's variants timed by default: the compiled fused path, the unchunked path and the
-# cached teacher; --losses adds the compiled fused path for each other logit loss
+# the project's variants timed by default: the compiled fused path, the unchunked path, the cached
+# teacher (eager and compiled) and the trainer's CE-only step with CE fused (the reference for "the
+# cached step below the CE step once CE is fused too"); --losses adds each other logit loss, compiled
 DEFAULT_PROJECT = ('{"compile_chunks": true}', '{"chunk_size": 0}', '{"teacher_cache": {"top_k": 32}}',
                    '{"teacher_cache": {"top_k": 32}, "compile_chunks": true}', '{"ce_only": true, "compile_chunks": true}')
 CACHED = 'project[{"teacher_cache": {"top_k": 32}, "compile_chunks": true}]'
