@@ -3,6 +3,7 @@ distilled student, and reported against it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,16 +85,26 @@ def test_transfer_set_is_the_students_only_and_the_budget_is_shared(zero_kd_run,
     assert steps["student"] == steps["student_ce"] == 2 * -(-pairs["student"] // 8)  # 2 epochs of the larger set
 
 
-def test_baseline_stage_refuses_resumes_and_overwrites_like_the_student(zero_kd_run, tmp_path):
+def _baseline_run(zero_kd_run, run: Path) -> list[str]:
+    """Distill with the baseline into ``run``; the arguments of that command."""
     cfg, out = zero_kd_run
-    run = tmp_path / "run"
     args = ["--mode", "distill_student", "--config", str(cfg), "--output_dir", str(run),
             "--teacher_path", str(out / "teacher" / "final"), "--with_baseline"]
     assert main(args) == 0
-    before = _weights(run / "student_ce")
-    # an interrupted baseline (its final model not exported yet) continues from its checkpoints
+    return args
+
+
+def _interrupt_baseline(run: Path) -> None:
+    """As if the baseline stopped before exporting its final model: a resume continues from its checkpoints."""
     import shutil
     shutil.rmtree(run / "student_ce" / "final")
+
+
+def test_baseline_stage_refuses_resumes_and_overwrites_like_the_student(zero_kd_run, tmp_path):
+    run = tmp_path / "run"
+    args = _baseline_run(zero_kd_run, run)
+    before = _weights(run / "student_ce")
+    _interrupt_baseline(run)
     assert main(args + ["--resume_from_checkpoint", "auto"]) == 0
     for k, v in _weights(run / "student_ce").items():
         torch.testing.assert_close(v, before[k])
@@ -120,13 +131,9 @@ def test_baseline_messages_and_resume_policy_name_the_students_settings(tmp_path
 
 def test_baseline_resume_may_lower_the_students_learning_rate(zero_kd_run, tmp_path):
     """A resume of student_ce applies a changed training.student.learning_rate (what it trains with)."""
-    import shutil
-    cfg, out = zero_kd_run
     run = tmp_path / "run"
-    args = ["--mode", "distill_student", "--config", str(cfg), "--output_dir", str(run),
-            "--teacher_path", str(out / "teacher" / "final"), "--with_baseline"]
-    assert main(args) == 0
-    shutil.rmtree(run / "student_ce" / "final")
+    args = _baseline_run(zero_kd_run, run)
+    _interrupt_baseline(run)
     assert main(args + ["--resume_from_checkpoint", "auto", "--set", "training.student.learning_rate=1e-4"]) == 0
     summary = json.loads((run / "student_ce" / "training_summary.json").read_text())
     assert [r["changed"] for r in summary["resumes"]] == [["training.student.learning_rate: 0.003 -> 0.0001"]]

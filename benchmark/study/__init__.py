@@ -60,7 +60,8 @@ def run_study(config_path: str | Path, launch=None, aggregate_only: bool = False
 
 def collect(study: StudyConfig, study_dir: Path, split: dict, bench) -> dict:
     """Read every run's predictions and latencies and aggregate them."""
-    from benchmark.study.aggregate import TRIVIAL, System, SystemRun, aggregate, latency, read_predictions
+    from benchmark.study.aggregate import System, SystemRun, aggregate, latency, read_predictions
+    from benchmark.verdict import TRIVIAL
     from benchmark.study.runs import ce_only_dir, method_dir
     sources = [e.source for e in split["test"]]
     first = ce_only_dir(study, study_dir, study.seeds[0])  # the fixed systems: any run shows the same

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.study.config import STUDY_DIR, StudyConfig
+from benchmark.verdict import TRIVIAL  # name -> what the trivial system does
 from utils.errors import UserError
 from utils.files import atomic_write_text
 from utils.logs import log
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
-TRIVIAL = ("copy_source", "delete_toxic_words")
 # keys a method may not change: every student must see the same teacher, data and split
 _FIXED = ("teacher.", "training.teacher.", "training.seed", "training.output_dir", "training.baseline",
           "training.checkpoint_dir", "training.log_dir", "data.train_file", "data.validation_file", "data.test_file",
