@@ -223,6 +223,12 @@ class OptimConfig:
     group_by_length: bool = doc("Batch pairs of similar length together (within a (seed, epoch)-shuffled order, "
                                 "batches in random order) to cut padding; the log shows the padding before "
                                 "and after.", True)
+    autoencode_steps: int = doc("Copy warm-up for models trained from scratch on tasks whose output mostly repeats "
+                                "the input (detoxification, paraphrase): during the first N optimizer steps a share "
+                                "(autoencode_fraction) of every micro-batch's pairs become (source, source), so the "
+                                "model learns to copy before it learns to edit. Which pairs is fixed by (seed, "
+                                "epoch); 0 disables.", 0)
+    autoencode_fraction: float = doc("Share of the pairs turned into (source, source) during autoencode_steps.", 0.5)
     learning_rate: float = doc("Peak learning rate of AdamW.", 5e-4)
     weight_decay: float = doc("AdamW weight decay (not applied to biases and norms).", 0.01)
     adam_betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
@@ -252,6 +258,8 @@ class OptimConfig:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
         _in_range("weight_decay", self.weight_decay, 0.0, 10.0)
         _in_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _in_range("autoencode_steps", self.autoencode_steps, 0, 10**9)
+        _in_range("autoencode_fraction", self.autoencode_fraction, 0.0, 1.0)
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas: need two values in [0, 1), got {self.adam_betas}")
         _choice("scheduler", self.scheduler, self._SCHEDULERS)

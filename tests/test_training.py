@@ -18,14 +18,14 @@ from utils.errors import UserError
 from utils.runtime import resolve_precision
 
 
-def make_trainer(tmp_path, precision="fp32", accum=1, batch_size=8, dropout=0.0, n=48):
+def make_trainer(tmp_path, precision="fp32", accum=1, batch_size=8, dropout=0.0, n=48, **optim_extra):
     pairs = [(e["source"], e["target"]) for e in generate("polite_rewrite", n, seed=3)]
     tok = train_tokenizer([s for p in pairs for s in p], TokenizerTrainConfig(vocab_size=120))
     torch.manual_seed(0)
     model = scratch_model(ArchConfig(d_model=32, heads=2, d_ff=64, encoder_layers=1, decoder_layers=1,
                                      dropout=dropout), tok)
     optim = OptimConfig(max_steps=4, batch_size=batch_size, gradient_accumulation_steps=accum, max_grad_norm=None,
-                        warmup_ratio=0.0, learning_rate=1e-3)
+                        warmup_ratio=0.0, learning_rate=1e-3, **optim_extra)
     job = TrainJob(role="teacher", optim=optim, train_pairs=pairs, val_examples=[Example(pairs[0][0], [pairs[0][1]])],
                    collator=Seq2SeqCollator(tok, "", 40, 40), run_dir=tmp_path, checkpoint_dir=tmp_path / "ckpt",
                    device=torch.device("cpu"), precision=resolve_precision(precision, torch.device("cpu")), seed=0,
@@ -68,6 +68,28 @@ def test_window_order_is_a_function_of_seed_and_epoch(tmp_path):
     again, _ = make_trainer(tmp_path, accum=2, batch_size=5)
     assert again.window_batches(1, 2) == trainer.window_batches(1, 2)
     assert trainer.window_batches(1, 0) != trainer.window_batches(0, 0)
+
+
+def test_copy_warmup_turns_a_seeded_share_of_pairs_into_source_source_then_stops(tmp_path):
+    trainer, pairs = make_trainer(tmp_path, accum=2, batch_size=4, autoencode_steps=7, autoencode_fraction=0.5)
+    plain, _ = make_trainer(tmp_path, accum=2, batch_size=4)
+    assert trainer.windows_per_epoch == 6  # steps 0-5 in epoch 0, step 6 is epoch 1's first window
+    sources = {s: t for s, t in pairs}
+    for epoch, window in [(0, 0), (0, 5), (1, 0)]:
+        warm, real = trainer.window_batches(epoch, window), plain.window_batches(epoch, window)
+        got = [p for mb in warm for p in mb]
+        want = [p for mb in real for p in mb]
+        assert [s for s, _ in got] == [s for s, _ in want]  # the same order, only some targets replaced
+        assert all(t == sources[s] or t == s for s, t in got)
+    epoch0 = [p for w in range(6) for mb in trainer.window_batches(0, w) for p in mb]
+    copied = sum(s == t for s, t in epoch0)
+    assert sorted(s for s, _ in epoch0) == sorted(s for s, _ in pairs)
+    assert 0.3 * len(pairs) < copied < 0.7 * len(pairs)  # about autoencode_fraction of them
+    again, _ = make_trainer(tmp_path, accum=2, batch_size=4, autoencode_steps=7, autoencode_fraction=0.5)
+    assert again.window_batches(0, 3) == trainer.window_batches(0, 3)  # fixed by (seed, epoch): resume-safe
+    assert trainer.window_batches(1, 1) == plain.window_batches(1, 1)  # step 7: the warm-up is over
+    with pytest.raises(ValueError, match="autoencode_fraction"):
+        OptimConfig(autoencode_fraction=1.5)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

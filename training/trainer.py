@@ -98,6 +98,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
         self.state = TrainState()
         self._bad_steps = 0  # consecutive non-finite losses
         self._order: tuple[int, list] | None = None
+        self._warmup_pairs: tuple[int, list] | None = None
         self.metric_for_best = o.metric_for_best
         self.greater_is_better = o.metric_for_best != "loss"
         self.ddp = self._wrap_ddp() if self.world > 1 else None
@@ -138,7 +139,19 @@ class Trainer(ValidationMixin, CheckpointMixin):
         accum = self.job.optim.gradient_accumulation_steps
         first = window * accum
         last = min(first + accum, self.micro_batches)
-        return [[self.job.train_pairs[i] for i in dist.shard(b)] for b in self._order[1][first:last]]
+        pairs = self.job.train_pairs
+        if epoch * self.windows_per_epoch + window < self.job.optim.autoencode_steps:
+            pairs = self._copy_warmup_pairs(epoch)
+        return [[pairs[i] for i in dist.shard(b)] for b in self._order[1][first:last]]
+
+    def _copy_warmup_pairs(self, epoch: int) -> list[tuple[str, str]]:
+        """The training pairs with a (seed, epoch)-chosen share turned into (source, source)."""
+        if self._warmup_pairs is not None and self._warmup_pairs[0] == epoch:
+            return self._warmup_pairs[1]
+        g = torch.Generator().manual_seed(self.job.seed * 1000 + epoch + 500_000_009)
+        copy = (torch.rand(len(self.job.train_pairs), generator=g) < self.job.optim.autoencode_fraction).tolist()
+        self._warmup_pairs = (epoch, [(s, s) if c else (s, t) for (s, t), c in zip(self.job.train_pairs, copy)])
+        return self._warmup_pairs[1]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """A (seed, epoch)-shuffled order cut into global micro-batches, grouped by length when configured."""
