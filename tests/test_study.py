@@ -306,6 +306,40 @@ def test_shipped_study_files_validate_every_run(name, shared, tmp_path):
     study, base = load_study(ROOT / "configs" / "studies" / f"{name}.yaml")
     runs = plan(study, base, tmp_path, data_overrides({k: tmp_path / f"{k}.jsonl" for k in ("train", "validation", "test")}))
     assert len(runs) == 1 + len(study.methods) * len(study.seeds) and study.seeds == [0, 1, 2]
-    assert {"vanilla_kd", "skew_kl", "vanilla_kd_hidden", "pseudo_labels"} == set(study.methods)
+    assert {"vanilla_kd", "skew_kl", "vanilla_kd_hidden", "pseudo_labels"} <= set(study.methods)
     pseudo = next(r for r in runs if r.method == "pseudo_labels")
     assert f"cache_dir: '{tmp_path}/pseudo_labels'" in " ".join(pseudo.command)
+    transfer = f"data.unlabeled_file={tmp_path}/split/unlabeled.jsonl"
+    users = {r.method for r in runs if transfer in r.command}
+    assert users == ({"pseudo_labels", "pseudo_labels_kd"} if name == "synthetic" else set())
+    assert all(r.hosts_ce_only is False for r in runs if r.method in users)  # ce_only: the labeled pairs alone
+
+
+def test_the_transfer_set_is_written_without_labeled_sources_and_read_only_by_the_methods_naming_it(
+        tmp_path, tiny_config_dict):
+    from settings import load_config
+    from benchmark.study.split import data_overrides
+    tiny = copy.deepcopy(tiny_config_dict)
+    tiny["data"]["synthetic"].update(num_examples=80, unlabeled_examples=60)
+    tiny["distill"]["pseudo_labels"] = {"num_beams": 1, "targets": "both"}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny))
+    cfg = load_config(tmp_path / "base.yaml")
+    split = study_split(cfg.data, test_sources=12, validation_sources=6, seed=0)
+    labeled = {e.source for k in ("train", "validation", "test") for e in split[k]}
+    assert split["unlabeled"] and not set(split["unlabeled"]) & labeled
+    paths = write_split(split, tmp_path / "study" / "split")
+    assert [json.loads(x)["source"] for x in (tmp_path / "study" / "split" / "unlabeled.jsonl").read_text().splitlines()] \
+        == split["unlabeled"]
+    assert not any("unlabeled" in s for s in data_overrides(paths, cfg.data))  # given to no run by default
+    methods = {"kd": ["distill.pseudo_labels=null"],
+               "seq": ["data.unlabeled_file={study_dir}/split/unlabeled.jsonl"]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "base_config": "base.yaml", "output_dir": str(tmp_path / "study"), "seeds": [0], "test_sources": 12,
+        "validation_sources": 6, "methods": methods}))
+    fake = FakeRuns()
+    run_study(tmp_path / "study.yaml", launch=fake)
+    assert fake.calls == ["teacher", "kd_seed0", "seq_seed0"]
+    logs = {n: (tmp_path / "study" / "logs" / f"{n}.log") for n in ("kd_seed0", "seq_seed0")}
+    commands = {n: json.loads((tmp_path / "study" / "runs" / n / "study_run.json").read_text())["args"] for n in logs}
+    transfer = f"data.unlabeled_file={tmp_path / 'study' / 'split' / 'unlabeled.jsonl'}"
+    assert transfer in commands["seq_seed0"] and transfer not in commands["kd_seed0"]

@@ -10,6 +10,8 @@ continues where it stopped.
 ``<study_dir>`` (the study file's ``output_dir``)::
 
     split/train.jsonl validation.jsonl test.jsonl   the split every run reads
+    split/unlabeled.jsonl         the transfer set, when the base config has one (read by the methods
+                                  that name it)
     teacher/                      the teacher run (teacher/teacher/final)
     runs/<method>_seed<s>/        a full_pipeline run per method and seed (benchmark reports inside);
                                   the first method's also holds ce_only (student_ce/)
@@ -43,10 +45,10 @@ def run_study(config_path: str | Path, launch=None, aggregate_only: bool = False
              ", ".join(study.method_names), study.seeds, study_dir)
     split = study_split(base_cfg.data, study.test_sources, study.validation_sources, study.split_seed)
     paths = write_split(split, study_dir / "split")
-    log.info("study split: train %d, validation %d, test %d sources (%d test references) in %s",
-             *(len(split[k]) for k in ("train", "validation", "test")),
-             sum(len(e.references) for e in split["test"]), study_dir / "split")
-    runs = plan(study, base, study_dir, data_overrides(paths))
+    log.info("study split: train %d, validation %d, test %d sources (%d test references), transfer set %d "
+             "unlabeled sources, in %s", *(len(split[k]) for k in ("train", "validation", "test")),
+             sum(len(e.references) for e in split["test"]), len(split["unlabeled"]), study_dir / "split")
+    runs = plan(study, base, study_dir, data_overrides(paths, base_cfg.data))
     if not aggregate_only:
         execute(runs, study_dir / "logs", launch)
     results = collect(study, study_dir, split, base_cfg.benchmark)

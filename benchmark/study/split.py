@@ -7,6 +7,12 @@ with ``random.Random(split_seed)``: the first ``test_sources`` are the test spli
 ``validation_sources`` the validation split, the rest the training split. The three are written as
 JSON lines (``{"source": ..., "references": [...]}``) into ``<study_dir>/split/`` and every run
 reads them through ``data.train_file`` / ``validation_file`` / ``test_file``.
+
+A transfer set of the base config (``data.unlabeled_file`` or a synthetic task's
+``unlabeled_examples``), less any source of the three splits, is written as ``unlabeled.jsonl``;
+no run reads it unless its method says so (``data.unlabeled_file={study_dir}/split/unlabeled.jsonl``
+with ``distill.pseudo_labels``): the CE-only student and the other methods train on the labeled
+pairs alone.
 """
 from __future__ import annotations
 
@@ -15,18 +21,16 @@ import json
 import random
 from pathlib import Path
 
-from data_loader import Example, load_splits
+from data_loader import Example, load_splits, unlabeled_sources
 from utils.errors import UserError
 from utils.files import atomic_write_text
 
 SPLITS = ("train", "validation", "test")
 
 
-def study_split(data_cfg, test_sources: int, validation_sources: int, seed: int) -> dict[str, list[Example]]:
-    """(train, validation, test) examples of the base config's data, cut as the module says."""
-    if data_cfg.synthetic is not None and data_cfg.synthetic.unlabeled_examples:
-        raise UserError("data.synthetic.unlabeled_examples: a study writes its split to files, where a generated "
-                        "transfer set does not go; set it to 0 (give a transfer set as data.unlabeled_file)")
+def study_split(data_cfg, test_sources: int, validation_sources: int, seed: int) -> dict[str, list]:
+    """(train, validation, test) examples of the base config's data, cut as the module says, and its
+    transfer set ("unlabeled": sources, none of them a labeled source)."""
     loaded = load_splits(dataclasses.replace(data_cfg, max_train_samples=None, max_eval_samples=None))
     pooled: dict[str, list[str]] = {}
     for e in loaded.train + loaded.validation + loaded.test:  # separate files may share a source: merge it
@@ -38,7 +42,9 @@ def study_split(data_cfg, test_sources: int, validation_sources: int, seed: int)
                         f"{test_sources:,} + validation_sources {validation_sources:,}; lower them in the study file")
     random.Random(seed).shuffle(examples)
     test, rest = examples[:test_sources], examples[test_sources:]
-    return {"test": test, "validation": rest[:validation_sources], "train": rest[validation_sources:]}
+    transfer = [s for s in unlabeled_sources(data_cfg) if s not in pooled]  # never a test or validation source
+    return {"test": test, "validation": rest[:validation_sources], "train": rest[validation_sources:],
+            "unlabeled": transfer}
 
 
 def write_split(split: dict[str, list[Example]], directory: Path) -> dict[str, Path]:
@@ -47,10 +53,12 @@ def write_split(split: dict[str, list[Example]], directory: Path) -> dict[str, P
     A study directory whose split was cut from other data or settings is refused: its finished runs
     would be compared with runs on another test set."""
     paths = {}
-    for name in SPLITS:
+    rows = {name: [{"source": e.source, "references": e.references} for e in split[name]] for name in SPLITS}
+    if split.get("unlabeled"):
+        rows["unlabeled"] = [{"source": s} for s in split["unlabeled"]]
+    for name, records in rows.items():
         path = Path(directory) / f"{name}.jsonl"
-        text = "".join(json.dumps({"source": e.source, "references": e.references}, ensure_ascii=False) + "\n"
-                       for e in split[name])
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if path.exists() and path.read_text(encoding="utf-8") != text:
             raise UserError(f"{path} holds another split (the data, test_sources, validation_sources or split_seed "
                             f"changed); use another output_dir for this study, or delete {directory.parent}")
@@ -65,9 +73,11 @@ def read_split_file(path: Path) -> list[Example]:
     return [Example(**json.loads(line)) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
-def data_overrides(paths: dict[str, Path]) -> list[str]:
-    """The --set overrides that point a run at the split files (and at nothing else)."""
-    return [f"data.train_file={paths['train']}", f"data.validation_file={paths['validation']}",
+def data_overrides(paths: dict[str, Path], data_cfg=None) -> list[str]:
+    """The --set overrides that point a run at the split files (and at nothing else: the base config's
+    own transfer file, if any, is cleared; a method names split/unlabeled.jsonl to use it)."""
+    clear = ["data.unlabeled_file=null"] if data_cfg is not None and data_cfg.unlabeled_file else []
+    return clear + [f"data.train_file={paths['train']}", f"data.validation_file={paths['validation']}",
             f"data.test_file={paths['test']}", "data.format=auto", "data.encoding=utf-8",
             "data.source_column=source", "data.target_column=references", "data.synthetic=null",
             "data.dataset_name=null", "data.max_eval_samples=null",
