@@ -503,6 +503,10 @@ class Config:
             if on and self.distill.pseudo_labels is None:
                 raise ValueError(f"data.{key}: sources without references are labelled by the teacher; set "
                                  f"distill.pseudo_labels (e.g. {{num_beams: 4}}) or remove data.{key}")
+        if self.distill.teacher_cache is not None and self.training.student.autoencode_steps:
+            raise ValueError("training.student.autoencode_steps: the teacher cache holds the teacher's outputs for "
+                             "the training pairs only, not for (source, source) copies; set it to 0 or drop "
+                             "distill.teacher_cache")
         if self.teacher.init == "shrink":
             raise ValueError("teacher.init: 'shrink' is for the student (it copies layers from the teacher)")
         if self.student.kind == "causal":

@@ -173,3 +173,16 @@ def test_a_config_that_is_not_utf8(tmp_path):
     path.write_bytes("data:\n  prefix: \"d\xe9toxifier: \"\n".encode("cp1252"))
     with pytest.raises(UserError, match=r"c.yaml: not UTF-8 text \(byte 0xe9 at position \d+\); save the config"):
         load_config(path)
+
+
+def test_the_copy_warm_up_is_refused_with_a_teacher_cache(tiny_config_dict, write_config):
+    """The cache holds the teacher at the training pairs; a (source, source) copy has no entry."""
+    tiny_config_dict["training"]["student"]["autoencode_steps"] = 10
+    tiny_config_dict["distill"]["teacher_cache"] = {"top_k": 8}
+    with pytest.raises(UserError, match=r"training.student.autoencode_steps: the teacher cache holds .* set it to 0 "
+                                        r"or drop distill.teacher_cache") as e:
+        load_config(write_config(tiny_config_dict))
+    assert "\n" not in str(e.value)
+    tiny_config_dict["training"]["teacher"]["autoencode_steps"] = 10  # the teacher's own warm-up is fine
+    tiny_config_dict["training"]["student"]["autoencode_steps"] = 0
+    assert load_config(write_config(tiny_config_dict)).training.teacher.autoencode_steps == 10

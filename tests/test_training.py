@@ -120,10 +120,12 @@ def losses_by_step(path):
 
 @pytest.mark.parametrize("mode", ["train_teacher", "distill_student"])
 def test_resume_mid_epoch_continues_exactly(tiny_config_dict, write_config, tmp_path, mode):
-    """8 steps straight == 3 steps, checkpoint, resume for the remaining 5 (bit for bit, fp32 CPU)."""
+    """8 steps straight == 3 steps, checkpoint, resume for the remaining 5 (bit for bit, fp32 CPU), with a
+    copy warm-up that ends after the resume."""
     for role in ("teacher", "student"):
         tiny_config_dict["training"][role].update(max_steps=8, eval_every=3, log_every=1,
-                                                  gradient_accumulation_steps=2, save_total_limit=5)
+                                                  gradient_accumulation_steps=2, save_total_limit=5,
+                                                  autoencode_steps=5)
     cfg = str(write_config(tiny_config_dict))
     role = "teacher" if mode == "train_teacher" else "student"
     extra = []
