@@ -222,6 +222,24 @@ def test_resume_skips_finished_runs_and_runs_missing_ones(tmp_path, tiny_config_
         run_study(path, launch=FakeRuns())
 
 
+def test_an_edited_base_config_is_refused_by_the_runs_it_shapes(tmp_path, tiny_config_dict):
+    path = _study_files(tmp_path, tiny_config_dict, {"kd": []})
+    run_study(path, launch=FakeRuns())
+    record = tmp_path / "study" / "runs" / "kd_seed0" / "study_run.json"
+    old = json.loads(record.read_text())
+    assert old["settings"]["training"]["student"]["max_steps"] == tiny_config_dict["training"]["student"]["max_steps"]
+    record.write_text(json.dumps({"args": old["args"]}))  # a record from before settings were recorded ...
+    again = FakeRuns()
+    run_study(path, launch=again)
+    assert again.calls == [] and json.loads(record.read_text()) == old  # ... is accepted and completed
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base["training"]["student"]["learning_rate"] = 0.123  # shapes the students, not the teacher
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    with pytest.raises(UserError, match=r"study run kd_seed0: .* was run with other settings \(its base config "
+                                        r"changed: training.student.learning_rate .* -> 0.123\); delete that"):
+        run_study(path, launch=FakeRuns())  # the teacher's record passed: its settings did not change
+
+
 def test_commands_resume_and_host_the_baseline(tmp_path, tiny_config_dict):
     from benchmark.study.runs import plan
     from benchmark.study.config import load_study

@@ -46,6 +46,7 @@ class StudyRun:
     command: list[str]
     done: Path             # exists once the run is complete
     hosts_ce_only: bool = False
+    settings: dict | None = None  # the resolved config that shapes the run (an edited base config shows here)
 
 
 class RunFailed(Exception):
@@ -76,14 +77,18 @@ def teacher_final(study_dir: Path) -> Path:
 def plan(study: StudyConfig, base: Path, study_dir: Path, data_sets: list[str]) -> list[StudyRun]:
     """Every run of the study, in order (the teacher, then seed by seed every method), its config
     checked in-process first, so that a bad override fails in seconds, not after hours of training."""
-    from settings import load_config as load
+    from settings import load_config as load, to_dict
     common = [s.replace(STUDY_DIR, str(study_dir)) for s in study.overrides] + data_sets
     teacher_dir = study_dir / "teacher"
     head = [sys.executable, str(MAIN), "--config", str(base)]
     teacher_sets = common + _baseline_rows(load(base, common))
+    t = to_dict(load(base, teacher_sets))
+    teacher_settings = {"teacher": t["teacher"], "data": t["data"], "training.teacher": t["training"]["teacher"],
+                        **{f"training.{k}": t["training"][k] for k in ("seed", "precision")}}
     runs = [StudyRun("teacher", None, None, teacher_dir,
                      head + ["--mode", "train_teacher", *_sets(teacher_sets), "--output_dir", str(teacher_dir),
-                             "--resume_from_checkpoint", "auto"], teacher_final(study_dir))]
+                             "--resume_from_checkpoint", "auto"], teacher_final(study_dir),
+                     settings=teacher_settings)]
     for seed in study.seeds:
         for method, sets in study.methods.items():
             for s in sets:
@@ -102,7 +107,7 @@ def plan(study: StudyConfig, base: Path, study_dir: Path, data_sets: list[str]) 
             runs.append(StudyRun(f"{method}_seed{seed}", method, seed, d, head + [
                 "--mode", "full_pipeline", *_sets(run_sets), "--output_dir", str(d),
                 "--teacher_path", str(teacher_final(study_dir)), "--resume_from_checkpoint", "auto"],
-                d / "benchmark_results.json", host))
+                d / "benchmark_results.json", host, settings=to_dict(cfg)))
     return runs
 
 
@@ -152,13 +157,26 @@ def _check_same_settings(run: StudyRun) -> None:
     """A run directory is continued or kept only for the same settings (recorded at its start): an
     edited study file or base config must not mix results of two settings in one table."""
     record = run.directory / "study_run.json"
-    args = run.command[2:]  # the settings, not the interpreter's path
-    if record.exists() and json.loads(record.read_text(encoding="utf-8"))["args"] != args:
-        raise UserError(f"study run {run.name}: {run.directory} was run with other settings (the study file or its "
-                        f"base config changed since); delete that directory to run it again, or use another "
-                        f"output_dir")
-    if not record.exists():
-        atomic_write_text(record, json.dumps({"args": args}, indent=1) + "\n")
+    now = {"args": run.command[2:], "settings": run.settings}  # the command without the interpreter's path
+    before = json.loads(record.read_text(encoding="utf-8")) if record.exists() else now
+    changed = ("the study file changed" if before["args"] != now["args"] else
+               _first_difference(before.get("settings", run.settings), run.settings, "its base config changed: "))
+    if changed:
+        raise UserError(f"study run {run.name}: {run.directory} was run with other settings ({changed}); delete that "
+                        f"directory to run it again, or use another output_dir")
+    if before != now or not record.exists():  # a record from before settings were recorded gets them
+        atomic_write_text(record, json.dumps(now, indent=1) + "\n")
+
+
+def _first_difference(old, new, prefix: str, key: str = "") -> str:
+    """'' when equal, else the first differing key with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in list(old) + [k for k in new if k not in old]:
+            found = _first_difference(old.get(k), new.get(k), prefix, f"{key}.{k}" if key else k)
+            if found:
+                return found
+        return ""
+    return "" if old == new else f"{prefix}{key} {old!r} -> {new!r}"
 
 
 def run_logged(command: list[str], log_path: Path) -> int:
