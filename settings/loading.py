@@ -111,7 +111,11 @@ def from_dict(cls, data: dict, where: str = ""):
             raise _KeyError(_join(where, short_repr(key)), f"keys must be strings, got {type(key).__name__}{hint}; "
                                                            f"write the key as quoted text")
     if cls is LossSpec:  # loss options may sit beside name/weight
-        params = dict(data.pop("params", {}) or {})
+        params = data.pop("params", None) or {}
+        if not isinstance(params, dict):
+            raise _KeyError(_join(where, "params"), f"expected a mapping of loss options, got {type(params).__name__} "
+                                                    f"{short_repr(params)}; e.g. params: {{temperature: 2.0}}")
+        params = dict(params)
         params.update({k: data.pop(k) for k in list(data) if k not in names})
         data["params"] = params
     kwargs = {}

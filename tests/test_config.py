@@ -186,3 +186,11 @@ def test_the_copy_warm_up_is_refused_with_a_teacher_cache(tiny_config_dict, writ
     tiny_config_dict["training"]["teacher"]["autoencode_steps"] = 10  # the teacher's own warm-up is fine
     tiny_config_dict["training"]["student"]["autoencode_steps"] = 0
     assert load_config(write_config(tiny_config_dict)).training.teacher.autoencode_steps == 10
+
+
+@pytest.mark.parametrize("params", ["0", True, [1, 2], 3.5])
+def test_loss_params_that_are_not_a_mapping_are_one_line(tiny_config_dict, write_config, params):
+    tiny_config_dict["distill"]["losses"] = [{"name": "vanilla_kl", "weight": 0.5, "params": params}]
+    with pytest.raises(UserError, match=r"distill.losses\[0\].params: expected a mapping of loss options, got ") as e:
+        load_config(write_config(tiny_config_dict))
+    assert "\n" not in str(e.value)
