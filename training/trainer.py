@@ -148,6 +148,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
         """The training pairs with a (seed, epoch)-chosen share turned into (source, source)."""
         if self._warmup_pairs is not None and self._warmup_pairs[0] == epoch:
             return self._warmup_pairs[1]
+        # a stream apart from the data order's (seed * 1000 + epoch), so the copies do not follow the shuffle
         g = torch.Generator().manual_seed(self.job.seed * 1000 + epoch + 500_000_009)
         copy = (torch.rand(len(self.job.train_pairs), generator=g) < self.job.optim.autoencode_fraction).tolist()
         self._warmup_pairs = (epoch, [(s, s) if c else (s, t) for (s, t), c in zip(self.job.train_pairs, copy)])
