@@ -30,6 +30,7 @@ class Seq2SeqCollator:
         probe = tokenizer(text_target="a").input_ids
         self.append_eos = tokenizer.eos_token_id is not None and (not probe or probe[-1] != tokenizer.eos_token_id)
         self._ids: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._frames = None  # random_copy_batch's framing, found on first use
 
     def encode_sources(self, sources: list[str]) -> dict:
         """Inputs only (prefix applied), padded, e.g. for ``model.generate``."""
@@ -58,6 +59,43 @@ class Seq2SeqCollator:
     def lengths(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         """``[n, 2]`` token counts (source, target) of each pair."""
         return np.array([(len(s), len(t)) for s, t in self.encode(pairs)], dtype=np.int64).reshape(-1, 2)
+
+    def random_copy_batch(self, n: int, length: int, generator: torch.Generator) -> dict:
+        """``n`` copies of ``length`` random non-special tokens each (training.*.random_copy_steps): the
+        source framed as a tokenized source (prefix and special tokens), the target as a target; all
+        of one length, so no padding."""
+        if self._frames is None:
+            special = set(self.tokenizer.all_special_ids)
+            self._plain = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special])
+            self._frames = (self._frame(target=False), self._frame(target=True))
+        (s_head, s_tail), (t_head, t_tail) = self._frames
+        if len(s_head) + length + len(s_tail) > self.max_source_length or \
+                len(t_head) + length + len(t_tail) > self.max_target_length:
+            raise UserError(f"random_copy_length {length} does not fit data.max_source_length "
+                            f"{self.max_source_length} / max_target_length {self.max_target_length} with the prefix "
+                            f"and special tokens; lower random_copy_length")
+        core = self._plain[torch.randint(len(self._plain), (n, length), generator=generator)]
+
+        def framed(head, tail):
+            return torch.cat([torch.tensor(head, dtype=torch.long).expand(n, -1), core,
+                              torch.tensor(tail, dtype=torch.long).expand(n, -1)], dim=1)
+        input_ids = framed(s_head, s_tail)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                "labels": framed(t_head, t_tail)}
+
+    def _frame(self, target: bool) -> tuple[list[int], list[int]]:
+        """The ids this collator puts before and after a source's / target's text: the tokenizer's
+        special tokens around a probe text, the prefix (a word's tokens carry their own space), the
+        appended end of sequence."""
+        core = self.tokenizer("a", add_special_tokens=False).input_ids
+        full = self.tokenizer(text_target="a").input_ids if target else self.tokenizer("a").input_ids
+        at = next(i for i in range(len(full) - len(core) + 1) if full[i:i + len(core)] == core)
+        head, tail = full[:at], full[at + len(core):]
+        if target and self.append_eos:
+            tail = tail + [self.tokenizer.eos_token_id]
+        if not target and self.prefix:
+            head = head + self.tokenizer(self.prefix.rstrip(), add_special_tokens=False).input_ids
+        return head, tail
 
     def __call__(self, pairs: list[tuple[str, str]]) -> dict:
         if not pairs:

@@ -229,6 +229,13 @@ class OptimConfig:
                                 "model learns to copy before it learns to edit. Which pairs is fixed by (seed, "
                                 "epoch); 0 disables.", 0)
     autoencode_fraction: float = doc("Share of the pairs turned into (source, source) during autoencode_steps.", 0.5)
+    random_copy_steps: int = doc("Copy pre-training for models trained from scratch: the first N optimizer steps train "
+                                 "with cross-entropy alone on copying random_copy_length random vocabulary tokens "
+                                 "(every sequence of one length), in place of those steps' training pairs. A model "
+                                 "learns to copy random tokens in about 100 steps and keeps it on text, where copying "
+                                 "text itself can take thousands (README: the ParaDetox teacher). 0 disables.", 0)
+    random_copy_length: int = doc("Tokens per random_copy_steps sequence (special tokens and data.prefix come on top).",
+                                  24)
     learning_rate: float = doc("Peak learning rate of AdamW.", 5e-4)
     weight_decay: float = doc("AdamW weight decay (not applied to biases and norms).", 0.01)
     adam_betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
@@ -260,6 +267,8 @@ class OptimConfig:
         _in_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         _in_range("autoencode_steps", self.autoencode_steps, 0, 10**9)
         _in_range("autoencode_fraction", self.autoencode_fraction, 0.0, 1.0)
+        _in_range("random_copy_steps", self.random_copy_steps, 0, 10**9)
+        _positive("random_copy_length", self.random_copy_length, 10**6)
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas: need two values in [0, 1), got {self.adam_betas}")
         _choice("scheduler", self.scheduler, self._SCHEDULERS)

@@ -97,3 +97,46 @@ def test_trainer_epochs_cover_every_pair_with_length_grouping(tmp_path, caplog):
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(pairs), generator=g).tolist()
     assert plain == [[pairs[i] for i in perm[:5]], [pairs[i] for i in perm[5:10]]]  # the order of old runs
+
+
+def _frame_of(collator, text, target):
+    """(ids before, ids after) the text's own tokens in a real collated batch."""
+    ids = collator([(text, text)])["labels" if target else "input_ids"][0].tolist()
+    n = len(collator.tokenizer(text, add_special_tokens=False).input_ids)
+    end = max(i for i, t in enumerate(ids) if t not in collator.tokenizer.all_special_ids) + 1
+    return ids[:end - n], ids[end:]
+
+
+@pytest.mark.parametrize("kind", ["trained", "t5", "gpt2"])
+def test_random_copy_batches_are_framed_like_real_pairs(pairs_and_tok, request, kind):
+    """random_copy_steps: source == target == random non-special tokens, all of one length, with the same
+    prefix and special tokens around them that a tokenized real pair gets; a pure function of the generator."""
+    if kind == "trained":
+        tok = pairs_and_tok[1]
+    else:  # T5: SentencePiece, eos added; GPT-2: byte-level BPE, no special tokens (the collator appends eos)
+        from transformers import GPT2TokenizerFast, T5TokenizerFast
+        cls = T5TokenizerFast if kind == "t5" else GPT2TokenizerFast
+        tok = cls.from_pretrained(str(request.getfixturevalue("shared") / "tokenizers" / kind))
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    collator = Seq2SeqCollator(tok, "detox: ", 40, 40)
+    batch = collator.random_copy_batch(6, 9, torch.Generator().manual_seed(1))
+    s_head, s_tail = _frame_of(collator, "one two", target=False)
+    t_head, t_tail = _frame_of(collator, "one two", target=True)
+    assert batch["input_ids"].shape == (6, len(s_head) + 9 + len(s_tail))
+    assert batch["labels"].shape == (6, len(t_head) + 9 + len(t_tail))
+    assert bool(batch["attention_mask"].all())  # one length: no padding
+    src_core = batch["input_ids"][:, len(s_head):len(s_head) + 9]
+    assert torch.equal(src_core, batch["labels"][:, len(t_head):len(t_head) + 9])  # a copy
+    assert batch["input_ids"][:, :len(s_head)].tolist() == [s_head] * 6
+    assert batch["labels"][:, len(t_head) + 9:].tolist() == [t_tail] * 6
+    assert not set(src_core.flatten().tolist()) & set(tok.all_special_ids)
+    assert len(set(src_core.flatten().tolist())) > 20  # random, not one token repeated
+    again = collator.random_copy_batch(6, 9, torch.Generator().manual_seed(1))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+def test_random_copy_length_that_does_not_fit_is_a_one_line_error(pairs_and_tok):
+    from utils.errors import UserError
+    with pytest.raises(UserError, match=r"random_copy_length 40 does not fit data.max_source_length 40 .* lower "):
+        Seq2SeqCollator(pairs_and_tok[1], "", 40, 40).random_copy_batch(2, 40, torch.Generator())

@@ -92,6 +92,33 @@ def test_copy_warmup_turns_a_seeded_share_of_pairs_into_source_source_then_stops
         OptimConfig(autoencode_fraction=1.5)
 
 
+def test_random_copy_steps_train_on_copies_with_cross_entropy_then_the_pairs(tmp_path):
+    """random_copy_steps: the first N steps' micro-batches are random-token copies (CE alone), a pure
+    function of (seed, step, micro-batch); from step N on, the training pairs as without them."""
+    trainer, pairs = make_trainer(tmp_path, accum=2, batch_size=4, random_copy_steps=2, random_copy_length=6)
+    seen = []
+
+    def record(batch, ce_only=False):
+        seen.append((batch, ce_only))
+        return real(batch, ce_only)
+    real, trainer.loss_sums = trainer.loss_sums, record
+    for _ in range(3):
+        trainer.train_step(trainer.window_batches(trainer.state.epoch, trainer.state.window))
+        trainer._advance()
+    assert [ce for _, ce in seen] == [True] * 4 + [False] * 2  # 2 steps x 2 micro-batches copy, then pairs
+    for batch, _ in seen[:4]:
+        assert batch["input_ids"].shape == (4, 6 + 1) and bool(batch["attention_mask"].all())  # + end of sequence
+        assert torch.equal(batch["input_ids"], batch["labels"])  # this tokenizer frames both sides alike
+    assert not torch.equal(seen[0][0]["input_ids"], seen[1][0]["input_ids"])
+    third = trainer.job.collator(trainer.window_batches(0, 2)[0])
+    assert torch.equal(seen[4][0]["labels"], third["labels"])  # step 3: the data order's own pairs
+    again, _ = make_trainer(tmp_path, accum=2, batch_size=4, random_copy_steps=2, random_copy_length=6)
+    again.state.step = 1
+    assert torch.equal(again._random_copies(0, 4)["input_ids"], seen[2][0]["input_ids"])  # resume-safe
+    with pytest.raises(ValueError, match="random_copy_length"):
+        OptimConfig(random_copy_length=0)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_paths_train_on_cpu(tmp_path, precision):
     trainer, pairs = make_trainer(tmp_path, precision=precision)
@@ -120,12 +147,13 @@ def losses_by_step(path):
 
 @pytest.mark.parametrize("mode", ["train_teacher", "distill_student"])
 def test_resume_mid_epoch_continues_exactly(tiny_config_dict, write_config, tmp_path, mode):
-    """8 steps straight == 3 steps, checkpoint, resume for the remaining 5 (bit for bit, fp32 CPU), with a
-    copy warm-up that ends after the resume."""
+    """8 steps straight == 3 steps, checkpoint, resume for the remaining 5 (bit for bit, fp32 CPU), with
+    random-copy steps and a copy warm-up that both end after the resume."""
     for role in ("teacher", "student"):
         tiny_config_dict["training"][role].update(max_steps=8, eval_every=3, log_every=1,
                                                   gradient_accumulation_steps=2, save_total_limit=5,
-                                                  autoencode_steps=5)
+                                                  autoencode_steps=5, random_copy_steps=4,
+                                                  random_copy_length=5)
     cfg = str(write_config(tiny_config_dict))
     role = "teacher" if mode == "train_teacher" else "student"
     extra = []

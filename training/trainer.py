@@ -188,6 +188,9 @@ class Trainer(ValidationMixin, CheckpointMixin):
                  job.optim.gradient_accumulation_steps, job.precision.name, job.device)
         if self.objective is not None:
             log.info("student objective: %s", self.objective.formula())
+        if self.state.step < job.optim.random_copy_steps:
+            log.info("%s: steps %d-%d copy %d random tokens (cross-entropy alone), then the training pairs", job.role,
+                     self.state.step + 1, job.optim.random_copy_steps, job.optim.random_copy_length)
         self.model.train()
         metrics_file = open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8") if main else None
         progress = _progress(self.total_steps, self.state.step, job.role) if main else _NullProgress()
@@ -231,7 +234,9 @@ class Trainer(ValidationMixin, CheckpointMixin):
         # A rank whose share of a micro-batch is empty runs one pair with weight 0: DDP needs every
         # rank in every gradient all-reduce.
         weights = [1.0 if pairs else 0.0 for pairs in window]
-        batches = [self._to_device(job.collator(pairs or job.train_pairs[:1])) for pairs in window]
+        copying = self.state.step < job.optim.random_copy_steps
+        batches = [self._to_device(self._random_copies(i, len(pairs) or 1) if copying else
+                                   job.collator(pairs or job.train_pairs[:1])) for i, pairs in enumerate(window)]
         n_tokens = int(dist.sum_all([sum(w * int((b["labels"] != IGNORE_INDEX).sum())
                                          for w, b in zip(weights, batches))])[0])
         # DDP averages gradients over the ranks; times world it is their sum, the whole window's.
@@ -242,7 +247,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
             sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else nullcontext()
             with sync:
                 with job.precision.autocast():
-                    total, terms = self.loss_sums(batch)
+                    total, terms = self.loss_sums(batch, ce_only=copying)
                 # Divide once by the window's token count: the gradient equals that of one big batch.
                 self.scaler.scale(total * (w * scale)).backward()
             for k, v in terms.items():
@@ -298,8 +303,16 @@ class Trainer(ValidationMixin, CheckpointMixin):
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for m in self.trainable_modules().values() for p in m.parameters())
 
-    def loss_sums(self, batch: dict):
-        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens.
+    def _random_copies(self, micro: int, n: int) -> dict:
+        """A random_copy_steps micro-batch: a pure function of (seed, step, micro-batch, rank), so a
+        resume redoes it exactly."""
+        g = torch.Generator().manual_seed(((self.job.seed * 1_000_003 + self.state.step) * 1009 + micro) * 101
+                                          + dist.rank() + 700_000_001)
+        return self.job.collator.random_copy_batch(n, self.job.optim.random_copy_length, g)
+
+    def loss_sums(self, batch: dict, ce_only: bool = False):
+        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens; ``ce_only``
+        (random-copy steps) leaves the teacher out: its outputs on random tokens teach nothing.
 
         The student's logits are never materialised whole: CE and the logit losses run chunk by
         chunk from its final decoder states (distiller_zoo.fused); the teacher answers through
@@ -308,7 +321,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
         out, hidden = self.ddp(batch, need) if self.ddp is not None else decoder_states(self.model, batch, need)
         head = lm_head(self.model, len(self.tokenizer))
         labels = batch["labels"]
-        if self.objective is None:
+        if self.objective is None or ce_only:
             mask = labels != IGNORE_INDEX
             ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size,
                                           self.job.compile_chunks)
