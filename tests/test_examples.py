@@ -50,7 +50,8 @@ TINY_STEPS = ["training.teacher.max_steps=2", "training.student.max_steps=2", "t
               "training.student.eval_generate_samples=2", "data.max_source_length=24", "data.max_target_length=12",
               "data.max_train_samples=12", "data.max_eval_samples=4", "benchmark.max_samples=4",
               "benchmark.max_new_tokens=8", "benchmark.bootstrap_samples=20", "benchmark.latency_samples=0",
-              "benchmark.warmup_batches=0", "training.precision=fp32", "training.device=cpu"]
+              "benchmark.warmup_batches=0", "training.precision=fp32", "training.device=cpu",
+              "training.teacher.random_copy_length=4"]
 HUB_DATA = {"cnn_dailymail": "data/cnn_dailymail/train_sample_100.csv", "xsum": "data/xsum/test-tiny.jsonl"}
 TINY_ARCH = ["{role}.arch.d_model=32", "{role}.arch.d_ff=64", "{role}.arch.heads=2", "{role}.arch.encoder_layers=1",
              "{role}.arch.decoder_layers=1"]

@@ -117,6 +117,8 @@ def test_random_copy_steps_train_on_copies_with_cross_entropy_then_the_pairs(tmp
     assert torch.equal(again._random_copies(0, 4)["input_ids"], seen[2][0]["input_ids"])  # resume-safe
     with pytest.raises(ValueError, match="random_copy_length"):
         OptimConfig(random_copy_length=0)
+    with pytest.raises(UserError, match=r"^training.teacher.random_copy_length 40 does not fit data.max_source_length"):
+        make_trainer(tmp_path, random_copy_steps=2, random_copy_length=40)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

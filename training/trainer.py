@@ -102,6 +102,11 @@ class Trainer(ValidationMixin, CheckpointMixin):
         self.metric_for_best = o.metric_for_best
         self.greater_is_better = o.metric_for_best != "loss"
         self.ddp = self._wrap_ddp() if self.world > 1 else None
+        if o.random_copy_steps:  # a length that does not fit fails here, not at step 1
+            try:
+                job.collator.random_copy_batch(1, o.random_copy_length, torch.Generator())
+            except UserError as e:
+                raise UserError(f"training.{job.section}.{e}") from None
         if dist.rank() > 0:  # rank 0 keeps the single-process RNG stream; the others get their own dropout
             set_seed(job.seed * 1_000_003 + dist.rank())
 
