@@ -121,6 +121,24 @@ def test_random_copy_steps_train_on_copies_with_cross_entropy_then_the_pairs(tmp
         make_trainer(tmp_path, random_copy_steps=2, random_copy_length=40)
 
 
+def test_random_copy_steps_give_the_loss_parts_a_zero_gradient(tmp_path):
+    """DDP waits for a gradient of every trainable parameter: on the CE-only random-copy steps the loss's
+    own parameters (feature projections) get zeros, not None."""
+    trainer, _ = make_trainer(tmp_path, random_copy_steps=1, random_copy_length=4)
+
+    class Parts(torch.nn.Module):
+        requires = frozenset()
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 3)
+    trainer.objective = Parts()
+    grads = []
+    trainer.optimizer.step = lambda *a, **k: grads.append(trainer.objective.proj.weight.grad)
+    trainer.train_step(trainer.window_batches(0, 0))
+    assert grads[0] is not None and not grads[0].any()
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_paths_train_on_cpu(tmp_path, precision):
     trainer, pairs = make_trainer(tmp_path, precision=precision)

@@ -330,6 +330,8 @@ class Trainer(ValidationMixin, CheckpointMixin):
             mask = labels != IGNORE_INDEX
             ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size,
                                           self.job.compile_chunks)
+            if ce_only and self.objective is not None:  # DDP waits for a gradient of every trainable parameter:
+                ce = ce + sum(0.0 * p.sum() for p in self.objective.parameters() if p.requires_grad)  # zeros
             return ce, {"ce": ce}
         teacher = self.teacher.targets(batch, need)
         return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size,
