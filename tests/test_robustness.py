@@ -98,7 +98,8 @@ def test_resume_with_another_schedule_is_refused(override, message, tiny_config_
 def test_fp16_overflow_skips_the_step_then_gives_up(tmp_path):
     trainer, _ = make_trainer(tmp_path, precision="fp16")
     real = trainer.loss_sums
-    trainer.loss_sums = lambda batch: tuple(x * float("inf") if i == 0 else x for i, x in enumerate(real(batch)))
+    trainer.loss_sums = lambda batch, **kw: tuple(x * float("inf") if i == 0 else x
+                                                  for i, x in enumerate(real(batch, **kw)))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     scale = trainer.scaler.get_scale()
     trainer.train_step(trainer.window_batches(0, 0))

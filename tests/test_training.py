@@ -156,7 +156,7 @@ def test_mixed_precision_paths_train_on_cpu(tmp_path, precision):
 
 def test_a_non_finite_loss_stops_with_the_step_and_a_fix(tmp_path):
     trainer, _ = make_trainer(tmp_path)
-    trainer.loss_sums = lambda batch: (torch.tensor(float("nan"), requires_grad=True), {})
+    trainer.loss_sums = lambda batch, **kw: (torch.tensor(float("nan"), requires_grad=True), {})
     with pytest.raises(UserError, match=r"became nan at step 1; lower training\.teacher\.learning_rate"):
         trainer.train_step(trainer.window_batches(0, 0))
 
