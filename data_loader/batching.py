@@ -1,6 +1,8 @@
 """Batches: tokenize each (source, target) pair once per run, pad micro-batches, group them by length."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import torch
 
@@ -30,7 +32,6 @@ class Seq2SeqCollator:
         probe = tokenizer(text_target="a").input_ids
         self.append_eos = tokenizer.eos_token_id is not None and (not probe or probe[-1] != tokenizer.eos_token_id)
         self._ids: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        self._frames = None  # random_copy_batch's framing, found on first use
 
     def encode_sources(self, sources: list[str]) -> dict:
         """Inputs only (prefix applied), padded, e.g. for ``model.generate``."""
@@ -64,17 +65,13 @@ class Seq2SeqCollator:
         """``n`` copies of ``length`` random non-special tokens each (training.*.random_copy_steps): the
         source framed as a tokenized source (prefix and special tokens), the target as a target; all
         of one length, so no padding."""
-        if self._frames is None:
-            special = set(self.tokenizer.all_special_ids)
-            self._plain = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special])
-            self._frames = (self._frame(target=False), self._frame(target=True))
-        (s_head, s_tail), (t_head, t_tail) = self._frames
+        plain, (s_head, s_tail), (t_head, t_tail) = self._copy_parts
         if len(s_head) + length + len(s_tail) > self.max_source_length or \
                 len(t_head) + length + len(t_tail) > self.max_target_length:
             raise UserError(f"random_copy_length {length} does not fit data.max_source_length "
                             f"{self.max_source_length} / max_target_length {self.max_target_length} with the prefix "
                             f"and special tokens; lower random_copy_length")
-        core = self._plain[torch.randint(len(self._plain), (n, length), generator=generator)]
+        core = plain[torch.randint(len(plain), (n, length), generator=generator)]
 
         def framed(head, tail):
             return torch.cat([torch.tensor(head, dtype=torch.long).expand(n, -1), core,
@@ -82,6 +79,13 @@ class Seq2SeqCollator:
         input_ids = framed(s_head, s_tail)
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
                 "labels": framed(t_head, t_tail)}
+
+    @cached_property
+    def _copy_parts(self):
+        """random_copy_batch's vocabulary (the non-special ids) and the source's and target's frames."""
+        special = set(self.tokenizer.all_special_ids)
+        plain = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special])
+        return plain, self._frame(target=False), self._frame(target=True)
 
     def _frame(self, target: bool) -> tuple[list[int], list[int]]:
         """The ids this collator puts before and after a source's / target's text: the tokenizer's
