@@ -7,12 +7,14 @@ one clear line suggesting a local path instead of huggingface_hub's 30-second re
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration,
                           BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast, T5Config,
                           T5ForConditionalGeneration, T5TokenizerFast)
@@ -250,10 +252,12 @@ def evenly_spaced(n_teacher: int, n_student: int) -> list[int]:
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
 
 
-def shrink_model(teacher, encoder_layers: int, decoder_layers: int, **kwargs):
+def shrink_model(teacher, encoder_layers: int, decoder_layers: int, d_model: int | None = None,
+                 d_ff: int | None = None, **kwargs):
     """A student of the teacher's architecture with fewer layers, initialised from evenly spaced
     teacher layers and every non-layer weight (embeddings, norms, LM head) of the teacher
-    ("shrink and fine-tune", Shleifer & Rush, 2020)."""
+    ("shrink and fine-tune", Shleifer & Rush, 2020). With a smaller ``d_model`` / ``d_ff`` every
+    weight is also cut to the narrower axes (:func:`narrow_to`)."""
     config = copy.deepcopy(teacher.config)
     attrs = _LAYER_ATTRS.get(config.model_type)
     if attrs is None:
@@ -265,17 +269,62 @@ def shrink_model(teacher, encoder_layers: int, decoder_layers: int, **kwargs):
                         f"layers, got {encoder_layers} and {decoder_layers}")
     setattr(config, attrs[0], encoder_layers)
     setattr(config, attrs[1], decoder_layers)
+    narrow_config(config, d_model, d_ff)
     keep = {"encoder": evenly_spaced(t_enc, encoder_layers), "decoder": evenly_spaced(t_dec, decoder_layers)}
     student = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
     source = teacher.state_dict()
     state = {}
-    for key in student.state_dict():
+    for key, like in student.state_dict().items():
         m = _LAYER_KEY.match(key)
         src = f"{m[1]}.{keep[m[2]][int(m[3])]}.{m[4]}" if m else key
-        state[key] = source[src].clone()
+        state[key] = narrow_to(source[src], like.shape).clone()
     student.load_state_dict(state)
-    log.info("student shrunk from the teacher: encoder layers %s, decoder layers %s", keep["encoder"], keep["decoder"])
+    log.info("student shrunk from the teacher: encoder layers %s, decoder layers %s, d_model %d", keep["encoder"],
+             keep["decoder"], config.d_model)
     return student
+
+
+# Config attribute names of the feed-forward widths, by model family (d_model is "d_model" in all).
+_FF_ATTRS = {"t5": ("d_ff",), "mt5": ("d_ff",), "umt5": ("d_ff",)}
+_BART_FF = ("encoder_ffn_dim", "decoder_ffn_dim")
+
+
+def narrow_config(config, d_model: int | None, d_ff: int | None) -> None:
+    """Set a narrower width on a copy of the teacher's config. The heads are kept and each gets
+    narrower (T5's ``d_kv`` scales with ``d_model``), so a weight's attention axis (heads x head
+    width) is cut head by head by :func:`narrow_to`."""
+    t_model = config.d_model
+    ff_attrs = _FF_ATTRS.get(config.model_type, _BART_FF)
+    for name, new, old in (("d_model", d_model, t_model), ("d_ff", d_ff, min(getattr(config, a) for a in ff_attrs))):
+        if new is not None and new > old:
+            raise UserError(f"student.narrow.{name}: {new} is wider than the teacher's {old}; shrink only narrows "
+                            f"(use at most {old}, or init scratch for a wider student)")
+    if d_model is not None and d_model != t_model:
+        t5 = config.model_type in _FF_ATTRS
+        # BART: head width d_model / heads; T5: d_kv scaled by d_model / teacher's d_model; both whole numbers
+        unit = (t_model // math.gcd(t_model, config.d_kv) if t5 else
+                math.lcm(config.encoder_attention_heads, config.decoder_attention_heads))
+        if d_model % unit:
+            raise UserError(f"student.narrow.d_model: {d_model} does not give each of the teacher's attention heads a "
+                            f"whole width; use a multiple of {unit}")
+        if t5:
+            config.d_kv = config.d_kv * d_model // t_model
+        config.d_model = d_model
+    if d_ff is not None:
+        for attr in ff_attrs:
+            setattr(config, attr, d_ff)
+
+
+def narrow_to(weight, shape):
+    """``weight`` cut to ``shape``: on every narrower axis the indices floor(i * n_teacher / n_student)
+    ("weight selection", Xu et al., 2024). The same indices on every weight keep the residual stream's
+    coordinates consistent from layer to layer; on an attention axis of H heads x width a the
+    indices are h * a + floor(j * a / b): every head kept, each cut the same way."""
+    for axis, (n_t, n_s) in enumerate(zip(weight.shape, shape)):
+        if n_s != n_t:
+            index = torch.arange(n_s) * n_t // n_s
+            weight = weight.index_select(axis, index)
+    return weight
 
 
 def check_vocab_fits(model, tokenizer, name: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -213,7 +213,9 @@ def _model_summary(m) -> str:
         return m.name_or_path
     a = m.arch
     layers = f"{a.encoder_layers}+{a.decoder_layers} layers"
-    return f"{m.init} ({layers})" if m.init == "shrink" else f"{m.init} {a.type} (d_model {a.d_model}, {layers})"
+    if m.init == "shrink":
+        return f"shrink ({layers}{', narrowed' if m.narrow else ''})"
+    return f"{m.init} {a.type} (d_model {a.d_model}, {layers})"
 
 
 def _data_summary(d) -> str:
@@ -342,7 +344,8 @@ def build_student(run: Run, teacher, t_tok, attentions: bool):
     s = run.cfg.student
     if s.init == "shrink":
         attn = attention_kwargs(attentions)
-        return shrink_model(teacher, s.arch.encoder_layers, s.arch.decoder_layers, **attn), t_tok
+        width = asdict(s.narrow) if s.narrow else {}
+        return shrink_model(teacher, s.arch.encoder_layers, s.arch.decoder_layers, **width, **attn), t_tok
     same_trained = s.tokenizer == run.cfg.teacher.tokenizer and s.tokenizer.train
     tok = t_tok if same_trained else load_tokenizer(s.tokenizer, s.name_or_path,
                                                     run.tokenizer_texts() if s.tokenizer.train else None)

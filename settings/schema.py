@@ -57,6 +57,21 @@ class ArchConfig:
 
 
 @dataclass
+class NarrowConfig:
+    """A shrunk student narrower than its teacher (``init: shrink``): every weight cut to the narrower
+    axes, the same evenly spaced indices everywhere (models.narrow_to)."""
+
+    d_model: Optional[int] = doc("Hidden width, at most the teacher's; each attention head gets narrower (heads "
+                                 "are kept). None keeps the teacher's.", None)
+    d_ff: Optional[int] = doc("Feed-forward inner width, at most the teacher's. None keeps the teacher's.", None)
+
+    def __post_init__(self):
+        for name in ("d_model", "d_ff"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name), 2**18)
+
+
+@dataclass
 class TokenizerTrainConfig:
     """Train a tokenizer on the training split's sources and targets."""
 
@@ -99,10 +114,12 @@ class ModelConfig:
         "Used with init 'pretrained'.", None)
     init: str = doc("'pretrained' (load name_or_path), 'scratch' (random init from arch) or, for the student, "
                     "'shrink' (the teacher's architecture with arch.encoder_layers / arch.decoder_layers layers "
-                    "copied from evenly spaced teacher layers, DistilBART-style; the teacher's tokenizer).",
-                    "pretrained")
-    arch: ArchConfig = doc("Architecture for init 'scratch'; for 'shrink' only the layer counts are used.",
-                           factory=ArchConfig)
+                    "copied from evenly spaced teacher layers, DistilBART-style, narrower with narrow; the "
+                    "teacher's tokenizer).", "pretrained")
+    arch: ArchConfig = doc("Architecture for init 'scratch'; for 'shrink' only the layer counts are used (the "
+                           "width: narrow).", factory=ArchConfig)
+    narrow: Optional[NarrowConfig] = doc("Init 'shrink' only: a narrower student, e.g. {d_model: 128, d_ff: 512} "
+                                         "(Xu et al., 2024's weight selection).", None)
     tokenizer: TokenizerConfig = doc("Tokenizer source.", factory=TokenizerConfig)
     kind: str = doc("'auto' (from the model's config.json), 'seq2seq' or, for the teacher, 'causal' (a decoder-only "
                     "LM such as Llama or GPT-2, loaded with AutoModelForCausalLM; it reads prompt_template followed "
@@ -127,6 +144,9 @@ class ModelConfig:
         if self.init == "pretrained" and not self.name_or_path:
             raise ValueError("name_or_path: init 'pretrained' needs name_or_path (a hub id or a local directory), "
                              "or set init: scratch")
+        if self.narrow is not None and self.init != "shrink":
+            raise ValueError(f"narrow: narrows a student shrunk from its teacher (init shrink), not init "
+                             f"{self.init!r}; set init: shrink or give the width in arch")
         if self.init == "scratch" and not (self.tokenizer.path or self.tokenizer.train or self.name_or_path):
             raise ValueError("tokenizer: init 'scratch' needs tokenizer.path or tokenizer.train")
 

@@ -57,6 +57,16 @@ def test_nested_range_errors_name_the_full_key(tiny_config_dict, write_config):
         load_config(write_config(tiny_config_dict))
 
 
+def test_narrow_is_for_a_shrunk_student_and_names_its_key(tiny_config_dict, write_config):
+    tiny_config_dict["student"]["narrow"] = {"d_model": 16}
+    with pytest.raises(UserError, match=r"student\.narrow: narrows a student shrunk from its teacher \(init shrink\), "
+                                        r"not init 'scratch'"):
+        load_config(write_config(tiny_config_dict))
+    tiny_config_dict["student"]["narrow"] = {"d_ff": 0}
+    with pytest.raises(UserError, match=r"student\.narrow\.d_ff: must be > 0"):
+        load_config(write_config(tiny_config_dict))
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "nope.json")

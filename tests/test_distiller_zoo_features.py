@@ -11,7 +11,7 @@ from settings import ArchConfig, TokenizerTrainConfig
 from distiller_zoo import AttentionKL, AttentionMSE, HiddenCosine, HiddenMSE, Objective, build_loss
 from distiller_zoo.layers import layer_pairs, model_dims
 from main import main
-from models import evenly_spaced, scratch_model, shrink_model, train_tokenizer
+from models import evenly_spaced, narrow_to, scratch_model, shrink_model, train_tokenizer
 
 TEXTS = ["you are a stupid idiot.", "the landlord is a tired person.", "hello world, this is a test!"] * 20
 
@@ -304,6 +304,50 @@ def test_shrink_refuses_more_layers_than_the_teacher_has():
         shrink_model(teacher, 3, 1)
 
 
+def test_narrow_to_keeps_every_head_and_the_same_coordinates_everywhere():
+    w = torch.arange(24 * 12, dtype=torch.float64).reshape(24, 12)  # [4 heads x 6, d 12]
+    cut = narrow_to(w, (12, 8))
+    rows = [h * 6 + j * 6 // 3 for h in range(4) for j in range(3)]  # h * a + floor(j * a / b): half of each head
+    cols = [i * 12 // 8 for i in range(8)]
+    assert rows == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22] and cols == [0, 1, 3, 4, 6, 7, 9, 10]
+    assert torch.equal(cut, w[rows][:, cols])
+    assert torch.equal(narrow_to(w, (24, 12)), w)
+
+
+@pytest.mark.parametrize("arch", ["bart", "t5"])
+def test_narrow_shrink_cuts_every_weight_with_one_index_per_width(arch):
+    tok = train_tokenizer(TEXTS, TokenizerTrainConfig(vocab_size=80))
+    teacher = scratch_model(ArchConfig(type=arch, d_model=32, heads=4, d_ff=64, encoder_layers=2, decoder_layers=2),
+                            tok)
+    student = shrink_model(teacher, 1, 2, d_model=16, d_ff=24)
+    c = student.config
+    assert c.d_model == 16 and (c.d_ff if arch == "t5" else (c.encoder_ffn_dim, c.decoder_ffn_dim)) in (24, (24, 24))
+    if arch == "t5":
+        assert (c.num_heads, c.d_kv) == (4, 4)  # every head kept, each half as wide
+    d, ff = [i * 32 // 16 for i in range(16)], [i * 64 // 24 for i in range(24)]
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    index = {16: d, 24: ff}
+    for key, w in s_sd.items():  # layers 0 and 0, 1 of the teacher: the same keys
+        t = t_sd[key]
+        for axis, n in enumerate(w.shape):
+            if n != t.shape[axis]:
+                t = t.index_select(axis, torch.tensor(index[n]))
+        assert torch.equal(w, t), key
+    batch = tok(["hello world"], return_tensors="pt")
+    assert torch.isfinite(student(**batch, labels=batch.input_ids).loss)
+    assert shrink_model(teacher, 2, 2, d_model=32, d_ff=64).state_dict().keys() == t_sd.keys()
+
+
+def test_narrow_shrink_refuses_a_wider_student_or_split_heads():
+    from utils.errors import UserError
+    tok = train_tokenizer(TEXTS, TokenizerTrainConfig(vocab_size=80))
+    teacher = scratch_model(ArchConfig(d_model=32, heads=4, d_ff=64, encoder_layers=1, decoder_layers=1), tok)
+    with pytest.raises(UserError, match=r"student.narrow.d_ff: 128 is wider than the teacher's 64"):
+        shrink_model(teacher, 1, 1, d_ff=128)
+    with pytest.raises(UserError, match=r"student.narrow.d_model: 18 does not give .* a multiple of 4"):
+        shrink_model(teacher, 1, 1, d_model=18)
+
+
 # --------------------------------------------------------------------------- in the pipeline
 def test_pipeline_with_feature_and_attention_losses_and_a_shrunk_student(tiny_config_dict, write_config, tmp_path):
     """Projections train with the student and live in checkpoints, never in the exported student."""
@@ -321,13 +365,13 @@ def test_pipeline_with_feature_and_attention_losses_and_a_shrunk_student(tiny_co
     assert not any("projection" in k for k in exported)
     first = json.loads((out / "student/metrics.jsonl").read_text().splitlines()[0])
     assert {"ce", "vanilla_kl", "hidden_mse", "attention_kl"} <= set(first)
-    # shrink: the student is the teacher with fewer layers, initialised from it
+    # shrink: the student is the teacher with fewer layers and a narrower d_model, initialised from it
     shrink = tmp_path / "shrink"
     assert main(["--mode", "distill_student", "--config", path, "--output_dir", str(shrink), "--teacher_path",
                  str(out / "teacher/final"), "--set", "student.init=shrink", "--set", "student.arch.encoder_layers=1",
-                 "--set", "student.arch.decoder_layers=1"]) == 0
+                 "--set", "student.arch.decoder_layers=1", "--set", "student.narrow={d_model: 24}"]) == 0
     student_cfg = json.loads((shrink / "student/final/config.json").read_text())
-    assert student_cfg["d_model"] == 48 and student_cfg["encoder_layers"] == 1
+    assert student_cfg["d_model"] == 24 and student_cfg["encoder_layers"] == 1 and student_cfg["encoder_ffn_dim"] == 64
 
 
 def test_different_vocabularies_distill_across_tokenizers(tiny_config_dict, write_config, tmp_path):
