@@ -90,7 +90,7 @@ def resume_changes(saved: dict, current: dict, role: str) -> tuple[list[str], li
     def shaping(cfg: dict) -> dict:
         t, m = cfg.get("training", {}), cfg.get(role, {})
         out = {"training": {role: t.get(role, {}), "seed": t.get("seed"), "precision": t.get("precision")},
-               role: {"init": m.get("init"), "arch": m.get("arch"),
+               role: {"init": m.get("init"), "arch": m.get("arch"), "narrow": m.get("narrow"),
                       "tokenizer": {"train": (m.get("tokenizer") or {}).get("train")}},
                "data": {k: v for k, v in cfg.get("data", {}).items() if not k.endswith("_file")}}
         if role == "student":

@@ -218,21 +218,24 @@ def build_model(cfg: ModelConfig, tokenizer, attentions: bool = False, causal_ok
 
 
 def scratch_model(arch: ArchConfig, tokenizer, **kwargs):
-    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if arch.type == "t5":
-        config = T5Config(vocab_size=len(tokenizer), d_model=arch.d_model, d_kv=arch.d_model // arch.heads,
-                          d_ff=arch.d_ff, num_layers=arch.encoder_layers, num_decoder_layers=arch.decoder_layers,
-                          num_heads=arch.heads, dropout_rate=arch.dropout,
-                          decoder_start_token_id=tokenizer.pad_token_id, **ids)
-        return T5ForConditionalGeneration._from_config(config, **kwargs)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    config = BartConfig(vocab_size=len(tokenizer), d_model=arch.d_model, encoder_layers=arch.encoder_layers,
-                        decoder_layers=arch.decoder_layers, encoder_attention_heads=arch.heads,
-                        decoder_attention_heads=arch.heads, encoder_ffn_dim=arch.d_ff, decoder_ffn_dim=arch.d_ff,
-                        dropout=arch.dropout, max_position_embeddings=arch.max_positions, bos_token_id=bos,
-                        decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
-                        **ids)
-    return BartForConditionalGeneration._from_config(config, **kwargs)
+    config = scratch_config(arch, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, bos)
+    model_class = T5ForConditionalGeneration if arch.type == "t5" else BartForConditionalGeneration
+    return model_class._from_config(config, **kwargs)
+
+
+def scratch_config(arch: ArchConfig, vocab_size: int, pad: int, eos: int, bos: int):
+    """The transformers config of a model built from ``arch``; T5 starts decoding at pad, BART at eos."""
+    if arch.type == "t5":
+        return T5Config(vocab_size=vocab_size, d_model=arch.d_model, d_kv=arch.d_model // arch.heads,
+                        d_ff=arch.d_ff, num_layers=arch.encoder_layers, num_decoder_layers=arch.decoder_layers,
+                        num_heads=arch.heads, dropout_rate=arch.dropout, decoder_start_token_id=pad,
+                        pad_token_id=pad, eos_token_id=eos)
+    return BartConfig(vocab_size=vocab_size, d_model=arch.d_model, encoder_layers=arch.encoder_layers,
+                      decoder_layers=arch.decoder_layers, encoder_attention_heads=arch.heads,
+                      decoder_attention_heads=arch.heads, encoder_ffn_dim=arch.d_ff, decoder_ffn_dim=arch.d_ff,
+                      dropout=arch.dropout, max_position_embeddings=arch.max_positions, bos_token_id=bos,
+                      decoder_start_token_id=eos, forced_eos_token_id=eos, pad_token_id=pad, eos_token_id=eos)
 
 
 # Config attribute names of the layer counts, by model family.
@@ -258,7 +261,27 @@ def shrink_model(teacher, encoder_layers: int, decoder_layers: int, d_model: int
     teacher layers and every non-layer weight (embeddings, norms, LM head) of the teacher
     ("shrink and fine-tune", Shleifer & Rush, 2020). With a smaller ``d_model`` / ``d_ff`` every
     weight is also cut to the narrower axes (:func:`narrow_to`)."""
-    config = copy.deepcopy(teacher.config)
+    config, keep = shrunk_config(teacher.config, encoder_layers, decoder_layers, d_model, d_ff)
+    student = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
+    source, trained = teacher.state_dict(), {n for n, p in student.named_parameters() if p.requires_grad}
+    state = {}
+    for key, like in student.state_dict().items():
+        m = _LAYER_KEY.match(key)
+        src = f"{m[1]}.{keep[m[2]][int(m[3])]}.{m[4]}" if m else key
+        # a frozen table of another width (Marian's sinusoidal positions) is the student's own, not a cut
+        fixed = key not in trained and like.shape != source[src].shape
+        state[key] = like if fixed else narrow_to(source[src], like.shape).clone()
+    student.load_state_dict(state)
+    log.info("student shrunk from the teacher: encoder layers %s, decoder layers %s, d_model %d", keep["encoder"],
+             keep["decoder"], config.d_model)
+    return student
+
+
+def shrunk_config(teacher_config, encoder_layers: int, decoder_layers: int, d_model: int | None = None,
+                  d_ff: int | None = None):
+    """``(the student's config, {"encoder": teacher layers kept, "decoder": ...})``; refuses a shrink
+    the teacher cannot give (also called before a teacher is trained: pipeline.preflight)."""
+    config = copy.deepcopy(teacher_config)
     attrs = _LAYER_ATTRS.get(config.model_type)
     if attrs is None:
         raise UserError(f"student.init shrink supports T5- and BART-style teachers, not {config.model_type!r}; "
@@ -270,18 +293,7 @@ def shrink_model(teacher, encoder_layers: int, decoder_layers: int, d_model: int
     setattr(config, attrs[0], encoder_layers)
     setattr(config, attrs[1], decoder_layers)
     narrow_config(config, d_model, d_ff)
-    keep = {"encoder": evenly_spaced(t_enc, encoder_layers), "decoder": evenly_spaced(t_dec, decoder_layers)}
-    student = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
-    source = teacher.state_dict()
-    state = {}
-    for key, like in student.state_dict().items():
-        m = _LAYER_KEY.match(key)
-        src = f"{m[1]}.{keep[m[2]][int(m[3])]}.{m[4]}" if m else key
-        state[key] = narrow_to(source[src], like.shape).clone()
-    student.load_state_dict(state)
-    log.info("student shrunk from the teacher: encoder layers %s, decoder layers %s, d_model %d", keep["encoder"],
-             keep["decoder"], config.d_model)
-    return student
+    return config, {"encoder": evenly_spaced(t_enc, encoder_layers), "decoder": evenly_spaced(t_dec, decoder_layers)}
 
 
 # Config attribute names of the feed-forward widths, by model family (d_model is "d_model" in all).
@@ -300,14 +312,15 @@ def narrow_config(config, d_model: int | None, d_ff: int | None) -> None:
             raise UserError(f"student.narrow.{name}: {new} is wider than the teacher's {old}; shrink only narrows "
                             f"(use at most {old}, or init scratch for a wider student)")
     if d_model is not None and d_model != t_model:
-        t5 = config.model_type in _FF_ATTRS
-        # BART: head width d_model / heads; T5: d_kv scaled by d_model / teacher's d_model; both whole numbers
-        unit = (t_model // math.gcd(t_model, config.d_kv) if t5 else
-                math.lcm(config.encoder_attention_heads, config.decoder_attention_heads))
+        if config.model_type in _FF_ATTRS:   # T5: d_kv * d_model / the teacher's d_model must be whole
+            unit = t_model // math.gcd(t_model, config.d_kv)
+            why = f"a whole d_kv (the teacher's d_kv {config.d_kv} scaled by {d_model}/{t_model})"
+        else:                                # BART: d_model / heads must be whole
+            unit = math.lcm(config.encoder_attention_heads, config.decoder_attention_heads)
+            why = "each of the teacher's attention heads a whole width"
         if d_model % unit:
-            raise UserError(f"student.narrow.d_model: {d_model} does not give each of the teacher's attention heads a "
-                            f"whole width; use a multiple of {unit}")
-        if t5:
+            raise UserError(f"student.narrow.d_model: {d_model} does not give {why}; use a multiple of {unit}")
+        if config.model_type in _FF_ATTRS:
             config.d_kv = config.d_kv * d_model // t_model
         config.d_model = d_model
     if d_ff is not None:

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 from settings import Config, save_config, to_dict
-from settings.schema import check_positions as check_lengths
+from settings.schema import NarrowConfig, check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
-from models import attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary, shrink_model
+from models import (attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary, scratch_config,
+                    shrink_model, shrunk_config)
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
@@ -214,7 +215,8 @@ def _model_summary(m) -> str:
     a = m.arch
     layers = f"{a.encoder_layers}+{a.decoder_layers} layers"
     if m.init == "shrink":
-        return f"shrink ({layers}{', narrowed' if m.narrow else ''})"
+        width = "".join(f", {k} {v}" for k, v in asdict(m.narrow or NarrowConfig()).items() if v is not None)
+        return f"shrink ({layers}{width})"
     return f"{m.init} {a.type} (d_model {a.d_model}, {layers})"
 
 
@@ -433,6 +435,10 @@ def preflight(run: Run) -> None:
     """Checks that would otherwise fail only after hours of training."""
     build_objective(run.cfg)
     check_reports_free(run)
+    t, s = run.cfg.teacher, run.cfg.student
+    if s.init == "shrink" and t.init == "scratch" and not run.opts.teacher_path:   # the teacher is trained first
+        width = asdict(s.narrow) if s.narrow else {}
+        shrunk_config(scratch_config(t.arch, 64, 0, 1, 1), s.arch.encoder_layers, s.arch.decoder_layers, **width)
     split = run.cfg.benchmark.split
     if not getattr(run.splits, split):
         raise UserError(f"benchmark.split {split!r} is empty; adjust data.split_ratios or give data.{split}_file")

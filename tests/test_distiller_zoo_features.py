@@ -306,32 +306,51 @@ def test_shrink_refuses_more_layers_than_the_teacher_has():
 
 def test_narrow_to_keeps_every_head_and_the_same_coordinates_everywhere():
     w = torch.arange(24 * 12, dtype=torch.float64).reshape(24, 12)  # [4 heads x 6, d 12]
-    cut = narrow_to(w, (12, 8))
+    cut = narrow_to(w, (12, 9))
     rows = [h * 6 + j * 6 // 3 for h in range(4) for j in range(3)]  # h * a + floor(j * a / b): half of each head
-    cols = [i * 12 // 8 for i in range(8)]
-    assert rows == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22] and cols == [0, 1, 3, 4, 6, 7, 9, 10]
+    cols = [i * 12 // 9 for i in range(9)]
+    assert rows == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22] and cols == [0, 1, 2, 4, 5, 6, 8, 9, 10]
     assert torch.equal(cut, w[rows][:, cols])
     assert torch.equal(narrow_to(w, (24, 12)), w)
+    heads = narrow_to(torch.arange(3 * 8), (3 * 6,))   # 3 heads of 8 -> 3 of 6: the same 6 of every head
+    assert heads.reshape(3, 6).sub(torch.tensor([[0], [8], [16]])).eq(torch.tensor([0, 1, 2, 4, 5, 6])).all()
 
 
-@pytest.mark.parametrize("arch", ["bart", "t5"])
-def test_narrow_shrink_cuts_every_weight_with_one_index_per_width(arch):
+def _teacher(family: str, tok):
+    """Teachers of 32 wide with 2+2 layers: BART, T5 from arch; mT5 (gated feed-forward, untied head, 3 heads
+    of 8: the attention axis is not d_model) and Marian (sinusoidal positions) from their configs."""
+    from transformers import AutoModelForSeq2SeqLM, MarianConfig, MT5Config
+    if family in ("bart", "t5"):
+        return scratch_model(ArchConfig(type=family, d_model=32, heads=4, d_ff=64, encoder_layers=2,
+                                        decoder_layers=2), tok)
+    if family == "mt5":
+        config = MT5Config(vocab_size=len(tok), d_model=32, d_kv=8, num_heads=3, d_ff=64, num_layers=2,
+                           num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    else:
+        config = MarianConfig(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
+                              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                              decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, decoder_start_token_id=0)
+    return AutoModelForSeq2SeqLM.from_config(config)
+
+
+@pytest.mark.parametrize("family", ["bart", "t5", "mt5", "marian"])
+def test_narrow_shrink_cuts_every_weight_with_one_index_per_width(family):
+    from transformers import AutoModelForSeq2SeqLM
     tok = train_tokenizer(TEXTS, TokenizerTrainConfig(vocab_size=80))
-    teacher = scratch_model(ArchConfig(type=arch, d_model=32, heads=4, d_ff=64, encoder_layers=2, decoder_layers=2),
-                            tok)
-    student = shrink_model(teacher, 1, 2, d_model=16, d_ff=24)
+    teacher = _teacher(family, tok)
+    student = shrink_model(teacher, 1, 2, d_model=24, d_ff=40)
     c = student.config
-    assert c.d_model == 16 and (c.d_ff if arch == "t5" else (c.encoder_ffn_dim, c.decoder_ffn_dim)) in (24, (24, 24))
-    if arch == "t5":
-        assert (c.num_heads, c.d_kv) == (4, 4)  # every head kept, each half as wide
-    d, ff = [i * 32 // 16 for i in range(16)], [i * 64 // 24 for i in range(24)]
+    assert c.d_model == 24 and (c.d_ff if family in ("t5", "mt5") else (c.encoder_ffn_dim, c.decoder_ffn_dim)) in (40, (40, 40))
+    if family in ("t5", "mt5"):
+        assert c.d_kv == teacher.config.d_kv * 24 // 32 and c.num_heads == teacher.config.num_heads
     t_sd, s_sd = teacher.state_dict(), student.state_dict()
-    index = {16: d, 24: ff}
     for key, w in s_sd.items():  # layers 0 and 0, 1 of the teacher: the same keys
+        if key.endswith("embed_positions.weight") and family == "marian":  # sinusoidal: the student's own table
+            assert torch.equal(w, AutoModelForSeq2SeqLM.from_config(c).state_dict()[key]), key
+            continue
         t = t_sd[key]
-        for axis, n in enumerate(w.shape):
-            if n != t.shape[axis]:
-                t = t.index_select(axis, torch.tensor(index[n]))
+        for axis, (n_t, n_s) in enumerate(zip(t.shape, w.shape)):
+            t = t.index_select(axis, torch.arange(n_s) * n_t // n_s)   # every cut axis, one rule
         assert torch.equal(w, t), key
     batch = tok(["hello world"], return_tensors="pt")
     assert torch.isfinite(student(**batch, labels=batch.input_ids).loss)
@@ -344,8 +363,20 @@ def test_narrow_shrink_refuses_a_wider_student_or_split_heads():
     teacher = scratch_model(ArchConfig(d_model=32, heads=4, d_ff=64, encoder_layers=1, decoder_layers=1), tok)
     with pytest.raises(UserError, match=r"student.narrow.d_ff: 128 is wider than the teacher's 64"):
         shrink_model(teacher, 1, 1, d_ff=128)
-    with pytest.raises(UserError, match=r"student.narrow.d_model: 18 does not give .* a multiple of 4"):
+    with pytest.raises(UserError, match=r"student.narrow.d_model: 18 does not give .* heads a whole width; use a "
+                                        r"multiple of 4"):
         shrink_model(teacher, 1, 1, d_model=18)
+    t5 = scratch_model(ArchConfig(type="t5", d_model=32, heads=4, d_ff=64, encoder_layers=1, decoder_layers=1), tok)
+    with pytest.raises(UserError, match=r"18 does not give a whole d_kv \(the teacher's d_kv 8 scaled by 18/32\); "
+                                        r"use a multiple of 4"):
+        shrink_model(t5, 1, 1, d_model=18)
+
+
+def test_full_pipeline_refuses_a_wider_student_before_training_the_teacher(tiny_config_dict, write_config, tmp_path):
+    cfg = tiny_config_dict
+    cfg["student"] = {"init": "shrink", "arch": {"encoder_layers": 1, "decoder_layers": 1}, "narrow": {"d_model": 64}}
+    assert main(["--config", str(write_config(cfg)), "--output_dir", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run" / "teacher").exists() and not (tmp_path / "run" / "checkpoints" / "teacher").exists()
 
 
 # --------------------------------------------------------------------------- in the pipeline
