@@ -28,8 +28,8 @@ from settings import Config, save_config, to_dict
 from settings.schema import NarrowConfig, check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
-from models import (attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary, scratch_config,
-                    shrink_model, shrunk_config)
+from models import (attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary,
+                    scratch_config, shrink_model, shrunk_config)
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
