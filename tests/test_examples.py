@@ -120,6 +120,8 @@ def test_recipe_runs_offline_with_tiny_stand_ins(name, tiny_hub_models, tiny_ber
                  f"student.name_or_path={tiny_hub_models[student_family, 'student']}"]
     else:
         sets += [s.format(role=role) for role in ("teacher", "student") for s in TINY_ARCH]
+        if recipe.student.narrow:   # narrower than the tiny teacher too
+            sets += ["student.narrow={d_model: 16, d_ff: 32}"]
     if recipe.data.dataset_name:
         sets += ["data.dataset_name=null", "data.dataset_config=null",
                  f"data.train_file={shared / HUB_DATA[recipe.data.dataset_name]}"]
