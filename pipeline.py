@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from settings import Config, save_config, to_dict
-from settings.schema import NarrowConfig, check_positions as check_lengths
+from settings.schema import check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import (attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary,
@@ -215,8 +215,7 @@ def _model_summary(m) -> str:
     a = m.arch
     layers = f"{a.encoder_layers}+{a.decoder_layers} layers"
     if m.init == "shrink":
-        width = "".join(f", {k} {v}" for k, v in asdict(m.narrow or NarrowConfig()).items() if v is not None)
-        return f"shrink ({layers}{width})"
+        return f"shrink ({layers}{''.join(f', {k} {v}' for k, v in narrow_width(m).items())})"
     return f"{m.init} {a.type} (d_model {a.d_model}, {layers})"
 
 
@@ -341,13 +340,17 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
 BASELINE = "student_ce"  # the stage of the CE-only student (training.baseline): baseline.py
 
 
+def narrow_width(m) -> dict:
+    """``student.narrow`` as shrink keywords: the widths that are set."""
+    return {k: v for k, v in asdict(m.narrow).items() if v is not None} if m.narrow else {}
+
+
 def build_student(run: Run, teacher, t_tok, attentions: bool):
     """The student model and its tokenizer (the teacher's when shrinking or trained alike)."""
     s = run.cfg.student
     if s.init == "shrink":
         attn = attention_kwargs(attentions)
-        width = asdict(s.narrow) if s.narrow else {}
-        return shrink_model(teacher, s.arch.encoder_layers, s.arch.decoder_layers, **width, **attn), t_tok
+        return shrink_model(teacher, s.arch.encoder_layers, s.arch.decoder_layers, **narrow_width(s), **attn), t_tok
     same_trained = s.tokenizer == run.cfg.teacher.tokenizer and s.tokenizer.train
     tok = t_tok if same_trained else load_tokenizer(s.tokenizer, s.name_or_path,
                                                     run.tokenizer_texts() if s.tokenizer.train else None)
@@ -437,8 +440,8 @@ def preflight(run: Run) -> None:
     check_reports_free(run)
     t, s = run.cfg.teacher, run.cfg.student
     if s.init == "shrink" and t.init == "scratch" and not run.opts.teacher_path:   # the teacher is trained first
-        width = asdict(s.narrow) if s.narrow else {}
-        shrunk_config(scratch_config(t.arch, 64, 0, 1, 1), s.arch.encoder_layers, s.arch.decoder_layers, **width)
+        layers = (s.arch.encoder_layers, s.arch.decoder_layers)
+        shrunk_config(scratch_config(t.arch, 64, 0, 1, 1), *layers, **narrow_width(s))
     split = run.cfg.benchmark.split
     if not getattr(run.splits, split):
         raise UserError(f"benchmark.split {split!r} is empty; adjust data.split_ratios or give data.{split}_file")
