@@ -263,7 +263,8 @@ def shrink_model(teacher, encoder_layers: int, decoder_layers: int, d_model: int
     weight is also cut to the narrower axes (:func:`narrow_to`)."""
     config, keep = shrunk_config(teacher.config, encoder_layers, decoder_layers, d_model, d_ff)
     student = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
-    source, trained = teacher.state_dict(), {n for n, p in student.named_parameters() if p.requires_grad}
+    source = teacher.state_dict()
+    trained = {n for n, p in student.named_parameters(remove_duplicate=False) if p.requires_grad}  # tied names too
     state = {}
     for key, like in student.state_dict().items():
         m = _LAYER_KEY.match(key)
