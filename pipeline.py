@@ -441,7 +441,8 @@ def preflight(run: Run) -> None:
     t, s = run.cfg.teacher, run.cfg.student
     if s.init == "shrink" and t.init == "scratch" and not run.opts.teacher_path:   # the teacher is trained first
         layers = (s.arch.encoder_layers, s.arch.decoder_layers)
-        shrunk_config(scratch_config(t.arch, 64, 0, 1, 1), *layers, **narrow_width(s))
+        # the vocabulary and special ids do not shape a shrink: any will do
+        shrunk_config(scratch_config(t.arch, vocab_size=64, pad=0, eos=1, bos=1), *layers, **narrow_width(s))
     split = run.cfg.benchmark.split
     if not getattr(run.splits, split):
         raise UserError(f"benchmark.split {split!r} is empty; adjust data.split_ratios or give data.{split}_file")

@@ -20,16 +20,30 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmark.study.runs import teacher_final  # noqa: E402
 from models import shrink_model  # noqa: E402
 
 STUDENTS = [((1, 1), {}), ((2, 2), {"d_model": 128, "d_ff": 512}), ((3, 3), {"d_model": 128, "d_ff": 512}),
             ((2, 2), {"d_model": 128}), ((2, 2), {"d_ff": 256}), ((2, 2), {"d_model": 160, "d_ff": 640})]
 
 
-def validation_loss(model, batch) -> float:
+def validation_loss(model, batches) -> float:
+    """Mean cross-entropy over ``batches`` (eval mode: no dropout)."""
     model.eval()
     with torch.no_grad():
-        return model(**batch).loss.item()
+        return sum(model(**b).loss.item() for b in batches) / len(batches)
+
+
+def pairs_batch(tok, pairs) -> dict:
+    """(source, target) pairs as one padded batch, padding masked out of the labels."""
+    batch = tok([p[0] for p in pairs], return_tensors="pt", padding=True, truncation=True, max_length=64)
+    labels = tok([p[1] for p in pairs], return_tensors="pt", padding=True, truncation=True, max_length=64).input_ids
+    batch["labels"] = labels.masked_fill(labels == tok.pad_token_id, -100)
+    return batch
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def main(teacher_dir: Path, validation: Path) -> None:
@@ -37,23 +51,20 @@ def main(teacher_dir: Path, validation: Path) -> None:
     torch.manual_seed(0)
     teacher = AutoModelForSeq2SeqLM.from_pretrained(str(teacher_dir))
     tok = AutoTokenizer.from_pretrained(str(teacher_dir))
-    rows = [json.loads(line) for line in validation.read_text(encoding="utf-8").splitlines()[:200]]
-    batch = tok([r["source"] for r in rows], return_tensors="pt", padding=True, truncation=True, max_length=64)
-    labels = tok([r["references"][0] for r in rows], return_tensors="pt", padding=True, truncation=True,
-                 max_length=64).input_ids
-    batch["labels"] = labels.masked_fill(labels == tok.pad_token_id, -100)
+    rows = read_rows(validation)[:200]
+    batches = [pairs_batch(tok, [(r["source"], r["references"][0]) for r in rows])]
     size = sum(p.numel() for p in teacher.parameters())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(rows)} validation pairs")
     print("| student (layers, d_model, d_ff) | parameters | teacher's weights | random weights |")
     print("|---|---|---|---|")
-    print(f"| teacher | {size / 1e6:.2f}M | {validation_loss(teacher, batch):.2f} | - |")
+    print(f"| teacher | {size / 1e6:.2f}M | {validation_loss(teacher, batches):.2f} | - |")
     for (enc, dec), width in STUDENTS:
         student = shrink_model(teacher, enc, dec, **width)
-        random = AutoModelForSeq2SeqLM.from_config(student.config)
+        fresh = AutoModelForSeq2SeqLM.from_config(student.config)   # the same shape, random weights
         c, n = student.config, sum(p.numel() for p in student.parameters())
         d_ff = getattr(c, "encoder_ffn_dim", None) or c.d_ff  # BART or T5
         print(f"| {enc}+{dec}, {c.d_model}, {d_ff} | {n / 1e6:.2f}M ({size / n:.1f}x fewer) | "
-              f"{validation_loss(student, batch):.2f} | {validation_loss(random, batch):.2f} |")
+              f"{validation_loss(student, batches):.2f} | {validation_loss(fresh, batches):.2f} |")
 
 
 def rescale(student, teacher) -> None:
@@ -70,19 +81,11 @@ def rescale_ab(study: Path, steps: int = 800) -> None:
     """The 2+2, d_model 128, d_ff 512 student trained with CE alone (AdamW 5e-4, linear decay,
     batch 64, the same data order), as cut and rescaled: validation loss every 200 steps."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-    teacher_dir, split = study / "teacher" / "teacher" / "final", study / "split"
-    teacher = AutoModelForSeq2SeqLM.from_pretrained(str(teacher_dir))
-    tok = AutoTokenizer.from_pretrained(str(teacher_dir))
-    rows = lambda f: [json.loads(line) for line in (split / f).read_text(encoding="utf-8").splitlines()]  # noqa: E731
-    train = [(r["source"], ref) for r in rows("train.jsonl") for ref in r["references"]]
-    val = [(r["source"], r["references"][0]) for r in rows("validation.jsonl")]
-
-    def batch(pairs):
-        b = tok([p[0] for p in pairs], return_tensors="pt", padding=True, truncation=True, max_length=64)
-        labels = tok([p[1] for p in pairs], return_tensors="pt", padding=True, truncation=True, max_length=64).input_ids
-        b["labels"] = labels.masked_fill(labels == tok.pad_token_id, -100)
-        return b
-    val_batches = [batch(val[i:i + 100]) for i in range(0, len(val), 100)]
+    teacher = AutoModelForSeq2SeqLM.from_pretrained(str(teacher_final(study)))
+    tok = AutoTokenizer.from_pretrained(str(teacher_final(study)))
+    train = [(r["source"], ref) for r in read_rows(study / "split" / "train.jsonl") for ref in r["references"]]
+    val = [(r["source"], r["references"][0]) for r in read_rows(study / "split" / "validation.jsonl")]
+    val_batches = [pairs_batch(tok, val[i:i + 100]) for i in range(0, len(val), 100)]
     for variant in ("cut", "rescaled"):
         torch.manual_seed(0)
         student = shrink_model(teacher, 2, 2, d_model=128, d_ff=512)
@@ -92,15 +95,15 @@ def rescale_ab(study: Path, steps: int = 800) -> None:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / 16, (steps - i) / (steps - 16)))
         order = list(range(len(train)))
         random.Random(0).shuffle(order)
-        losses = [sum(validation_loss(student, b) for b in val_batches) / len(val_batches)]
+        losses = [validation_loss(student, val_batches)]
         for i in range(steps):
             student.train()
             start = i * 64 % len(order)
-            student(**batch([train[j] for j in order[start:start + 64]])).loss.backward()
+            student(**pairs_batch(tok, [train[j] for j in order[start:start + 64]])).loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad()
             if (i + 1) % 200 == 0:
-                losses.append(sum(validation_loss(student, b) for b in val_batches) / len(val_batches))
+                losses.append(validation_loss(student, val_batches))
         print(f"{variant:9s} validation loss at steps 0, 200, ...: {' / '.join(f'{x:.2f}' for x in losses)}")
 
 
@@ -108,5 +111,5 @@ if __name__ == "__main__":
     study = ROOT / "runs" / "study_paradetox"
     if sys.argv[1:] == ["--rescale-ab"]:
         sys.exit(rescale_ab(study))
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else study / "teacher" / "teacher" / "final",
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else teacher_final(study),
          Path(sys.argv[2]) if len(sys.argv) > 2 else study / "split" / "validation.jsonl")
