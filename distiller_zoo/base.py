@@ -90,7 +90,6 @@ class LogitLoss(DistillationLoss):
         ``1 - sum_K q``). Every loss here is an f-divergence, so this is a lower bound of the
         full-vocabulary value, exact when the teacher's tail is empty."""
         t = self.temperature
-        log_p_k, log_p_rest = teacher.at_temperature(t)
         log_q = F.log_softmax(student_logits / t, dim=-1)
         ids = teacher.ids.long()
         if ids.shape[-1] >= log_q.shape[-1]:
@@ -98,7 +97,7 @@ class LogitLoss(DistillationLoss):
         else:
             log_q_rest = log_q.scatter(-1, ids, -math.inf).logsumexp(-1)
         log_q = torch.cat([log_q.gather(-1, ids), log_q_rest.unsqueeze(-1)], dim=-1)
-        return self.divergence(log_q, torch.cat([log_p_k, log_p_rest.unsqueeze(-1)], dim=-1))
+        return self.divergence(log_q, teacher.buckets(t))
 
     def aligned_token_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
         """``[n, V]`` student logits against a teacher with another tokenizer (an ``AlignedChunk``) -> ``[n]``.

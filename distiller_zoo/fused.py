@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distiller_zoo import closed_form
 from distiller_zoo.base import LogitLoss, upcast
 from distiller_zoo.heads import LMHead
 
@@ -71,9 +72,12 @@ class _FusedChunks(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             t_chunk = None if teacher is None else teacher.chunk(start, end)
-            grads, terms = chunk_grads(need_b, hidden[start:end].detach(), weight.detach(),
-                                       None if bias is None else bias.detach(), labels[start:end], t_chunk,
-                                       losses, w_vec)
+            args = (need_b, hidden[start:end].detach(), weight.detach(), None if bias is None else bias.detach(),
+                    labels[start:end], t_chunk, losses, w_vec)
+            if closed_form.applies(t_chunk, losses):   # CE alone or a cached teacher: no autograd over [n, V]
+                grads, terms = closed_form.closed_form_grads(*args, fallback=_eager_grads)
+            else:
+                grads, terms = chunk_grads(*args)
             grad_h[start:end] = grads[0]
             grad_w += grads[1]
             if need_b:

@@ -49,6 +49,15 @@ class SparseChunk:
         c = torch.logsumexp(scaled, dim=-1) - head_mass
         return scaled - c.unsqueeze(-1), tail
 
+    def buckets(self, t: float) -> torch.Tensor:
+        """``[n, K + 1]``: log p^T at the K ids, then of the rest (the losses' sparse form)."""
+        log_p_k, log_p_rest = self.at_temperature(t)
+        return torch.cat([log_p_k, log_p_rest.unsqueeze(-1)], dim=-1)
+
+    def select(self, rows: torch.Tensor) -> "SparseChunk":
+        """The positions ``rows`` only."""
+        return SparseChunk(self.ids[rows], self.logp[rows], {t: v[rows] for t, v in self.tail.items()})
+
 
 class TeacherTargets(ABC):
     """The teacher's distribution at the N positions of one micro-batch."""

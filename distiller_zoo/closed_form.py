@@ -1,0 +1,134 @@
+"""CE and the bucketed losses of a top-K teacher, with their gradient in closed form: one pass over ``[n, V]``.
+
+Against a sparse teacher (:class:`~distiller_zoo.teacher.SparseChunk`) every logit loss reads the
+student only through ``K + 1`` bucket log-probabilities per position (base.py): at temperature T,
+with ``q = softmax(z / T)``,
+
+.. math::
+    \\ell_k = \\log q_k \\;(k \\in K), \\qquad \\ell_r = \\log \\textstyle\\sum_{j \\notin K} q_j .
+
+So the loss is a function of a ``[n, K + 1]`` tensor: autograd gives ``g = dL/d\\ell`` there
+cheaply, and the chain rule back to the logits has a closed form (``G = sum g``):
+
+.. math::
+    \\frac{\\partial L}{\\partial z_j} = \\frac{1}{T}\\Big(g_j - q_j G\\Big) \\;(j \\in K), \\qquad
+    \\frac{\\partial L}{\\partial z_j} = \\frac{q_j}{T}\\Big(\\frac{g_r}{q_r} - G\\Big) \\;(j \\notin K),
+
+and CE adds ``w_ce (softmax(z) - onehot(label))``. Off the K ids the gradient is a per-row
+multiple of ``exp((z - max) / T)``: one buffer, computed in place, then the head's two matmuls.
+The autograd route (fused.py) instead materialises a log-softmax, a masked copy and their
+backward per loss: about three times the elementwise work.
+
+The rest mass is summed over the tail only (the K entries zeroed first), so it is exact in
+relative terms. Where it underflows (a student more than ~80 nats sure, at T), that row is
+recomputed through autograd; the same for every row when a loss keeps its own sparse formula.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distiller_zoo.base import LogitLoss, upcast
+from distiller_zoo.teacher import SparseChunk
+
+
+def applies(teacher_chunk, losses: list[LogitLoss]) -> bool:
+    """True for CE alone or a sparse teacher with losses that use the shared bucket formula."""
+    if teacher_chunk is None:
+        return not losses
+    return isinstance(teacher_chunk, SparseChunk) and all(
+        type(loss).sparse_token_losses is LogitLoss.sparse_token_losses
+        and type(loss).chunk_losses is LogitLoss.chunk_losses for loss in losses)
+
+
+def closed_form_grads(need_b, h, w, b, labels, teacher_chunk, losses, w_vec, fallback):
+    """``(grads of (h, w[, b]), terms)`` of ``w_vec . [CE, loss_1, ...]`` over one chunk, as fused.py's
+    autograd route ``fallback`` (same arguments), which takes the rows whose tail underflows."""
+    z = upcast(F.linear(h, w, b))
+    dz, terms, bad = _logit_grads(z, labels, teacher_chunk, losses, w_vec)
+    rows = bad.nonzero()[:, 0] if bad.any() else None
+    if rows is not None:
+        dz[rows] = 0.0
+    grads = [dz.mm(w).to(h.dtype), dz.t().mm(h).to(w.dtype)] + ([dz.sum(0).to(b.dtype)] if need_b else [])
+    if rows is not None:
+        sub, sub_terms = fallback(need_b, h[rows], w, b, labels[rows], teacher_chunk.select(rows), losses, w_vec)
+        grads[0][rows] = sub[0].to(h.dtype)
+        for mine, theirs in zip(grads[1:], sub[1:]):
+            mine += theirs
+        terms = terms + sub_terms
+    return tuple(grads), terms
+
+
+def _logit_grads(z, labels, teacher, losses, w_vec):
+    """``(dL/dz, terms, bad rows)``; ``z`` ``[n, V]`` (overwritten), the sums of the good rows only."""
+    n, v = z.shape
+    m = z.amax(-1, keepdim=True)
+    z_label = z.gather(-1, labels[:, None])[:, 0]
+    ids = None if teacher is None else teacher.ids.long()
+    z_k = None if ids is None else z.gather(-1, ids)
+    temps = sorted({1.0, *(loss.temperature for loss in losses)}, key=lambda t: t == 1.0)   # T = 1 last: in place
+    stats, bad = {}, torch.zeros(n, dtype=torch.bool, device=z.device)
+    for t in temps:
+        e = z.sub_(m).exp_() if t == 1.0 else torch.sub(z, m).div_(t).exp_()   # exp((z - max) / T) <= 1
+        s, log_q_k, rest = _row_sums(e, ids, z_k, m, t)
+        if ids is not None and ids.shape[-1] < v:   # below this the tail has underflowed: autograd recomputes it
+            bad |= rest < v * torch.finfo(z.dtype).tiny / torch.finfo(z.dtype).eps
+        stats[t] = (e, s, log_q_k, rest)
+    e1, s1, _, _ = stats[1.0]
+    ce_rows = m[:, 0] + s1.log() - z_label
+    g, loss_rows = _bucket_grads(stats, losses, w_vec[1:], teacher)
+    good = ~bad
+    terms = torch.stack([ce_rows[good].sum(), *(r[good].sum() for r in loss_rows)])
+    dz = e1.mul_(((w_vec[0] + _tail_coef(g, stats, 1.0)) / s1)[:, None]) if 1.0 in g else \
+        e1.mul_((w_vec[0] / s1)[:, None])
+    for t in g:
+        if t != 1.0:
+            e, s, _, _ = stats[t]
+            dz.add_(e.mul_((_tail_coef(g, stats, t) / s)[:, None]))
+    if ids is not None:   # the K ids: their entries of e were zeroed; the whole gradient goes here
+        q1 = (z_k - m) - s1.log()[:, None]
+        dz.scatter_add_(-1, ids, w_vec[0] * q1.exp() + sum(_ids_grad(g, stats, t) for t in g))
+    dz.scatter_add_(-1, labels[:, None], (-w_vec[0]).expand(n, 1).to(dz.dtype))
+    return dz, terms, bad
+
+
+def _row_sums(e, ids, z_k, m, t):
+    """From ``e = exp((z - max) / T)``: the normaliser S, ``log q`` at the K ids and the tail sum
+    (unnormalised); the K entries of ``e`` are zeroed so that only the tail remains in it."""
+    if ids is None:
+        return e.sum(-1), None, None
+    e_k = e.gather(-1, ids)
+    e.scatter_(-1, ids, 0.0)
+    rest = e.sum(-1)
+    s = rest + e_k.sum(-1)
+    return s, (z_k - m) / t - s.log()[:, None], rest
+
+
+def _bucket_grads(stats, losses, weights, teacher):
+    """Autograd on the small ``[n, K + 1]`` bucket tensors: ``({T: dL/d buckets}, per-row loss values)``."""
+    leaves = {}
+    for t, (_, s, log_q_k, rest) in stats.items():
+        if log_q_k is not None:
+            leaves[t] = torch.cat([log_q_k, (rest.log() - s.log())[:, None]], -1).requires_grad_()
+    if not losses:
+        return {}, []
+    with torch.enable_grad():
+        rows = [loss.divergence(leaves[loss.temperature], teacher.buckets(loss.temperature)) for loss in losses]
+        total = sum((w * r.sum() for w, r in zip(weights, rows)))
+        used = sorted({loss.temperature for loss in losses})
+        g = torch.autograd.grad(total, [leaves[t] for t in used])
+    return dict(zip(used, g)), [r.detach() for r in rows]
+
+
+def _tail_coef(g, stats, t):
+    """Per row, ``(g_r / q_r - G) / T`` times ``S``: the gradient off the K ids is ``e * coef / S``."""
+    _, s, _, rest = stats[t]
+    g_rest = g[t][:, -1]
+    per_rest = torch.where(g_rest == 0, 0.0, g_rest / rest.clamp_min(torch.finfo(rest.dtype).tiny))
+    return (per_rest * s - g[t].sum(-1)) / t
+
+
+def _ids_grad(g, stats, t):
+    """``(g_k - q_k G) / T`` at the K ids."""
+    _, _, log_q_k, _ = stats[t]
+    return (g[t][:, :-1] - log_q_k.exp() * g[t].sum(-1, keepdim=True)) / t

@@ -1,0 +1,123 @@
+"""The closed-form chunk gradient (CE alone, or CE + the bucketed losses of a top-K teacher) equals autograd."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distiller_zoo import LOSSES, LogitLoss, build_loss
+from distiller_zoo.cache import top_k_rows
+from distiller_zoo.closed_form import applies
+from distiller_zoo.fused import fused_logit_objective
+from distiller_zoo.heads import LMHead
+from distiller_zoo.teacher import SparseChunk
+
+SPARSE = sorted(n for n, c in LOSSES.items() if issubclass(c, LogitLoss) and n != "uld")
+OPTS = {"jsd": {"beta": 0.3}, "skew_kl": {"skew_alpha": 0.2}, "skew_reverse_kl": {"skew_alpha": 0.2}}
+
+
+class Sparse:
+    """A cached teacher's rows: top-K of ``logits`` with the tail at every temperature."""
+    outputs = None
+
+    def __init__(self, logits, k, temps):
+        self.n = logits.shape[0]
+        self.ids, self.logp, tail = top_k_rows(logits, k, temps)
+        self.tail = {t: tail[:, j] for j, t in enumerate(temps)}
+
+    def chunk(self, a, b):
+        return SparseChunk(self.ids[a:b], self.logp[a:b], {t: v[a:b] for t, v in self.tail.items()})
+
+
+def problem(dtype, n=13, d=8, v=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, dtype=dtype, generator=g).requires_grad_()
+    weight = torch.randn(v, d, dtype=dtype, generator=g).requires_grad_()
+    bias = torch.randn(v, dtype=dtype, generator=g).requires_grad_()
+    return hidden, weight, bias, torch.randint(0, v, (n,), generator=g), torch.randn(n, v, generator=g) * 3
+
+
+def both_paths(hidden, weight, bias, labels, teacher, losses, weights, chunk):
+    """(sums, grads) of the chunked path (closed form) and of chunk_size 0 (plain autograd on full logits)."""
+    out = []
+    for size in (chunk, 0):
+        total, sums = fused_logit_objective(hidden, LMHead(weight, bias), labels, teacher, 0.7, losses, weights, size)
+        out.append((sums, torch.autograd.grad(total, (hidden, weight, bias))))
+    return out
+
+
+@pytest.mark.parametrize("k", [5, 20], ids=["top5", "whole-vocab"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
+def test_every_sparse_loss_at_two_temperatures_equals_autograd(dtype, rtol, k):
+    """All six sparse losses at once, at T = 1 and T = 2 (two exp buffers), a trained bias, chunks of
+    4 (the last shorter): values and gradients equal plain autograd; K = V is the empty tail."""
+    hidden, weight, bias, labels, t_logits = problem(dtype)
+    teacher = Sparse(t_logits.to(dtype), k, [1.0, 2.0])
+    losses = [build_loss(n, dict(OPTS.get(n, {}), temperature=1.0 + i % 2)) for i, n in enumerate(SPARSE)]
+    assert applies(teacher.chunk(0, 4), losses)
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, losses, [0.5 + i for i in range(len(losses))], 4)
+    torch.testing.assert_close(s0, s1, rtol=rtol, atol=rtol * 0.1)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 0.1 * float(b.abs().max()))
+
+
+def test_ce_alone_equals_autograd():
+    hidden, weight, bias, labels, _ = problem(torch.float64, seed=1)
+    assert applies(None, [])
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, None, [], [], 5)
+    assert float(s0[0]) == pytest.approx(float(s1[0]), rel=1e-12)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_a_student_sure_beyond_float32_range_takes_autograd_for_those_rows(name, monkeypatch):
+    """Rows whose tail mass underflows float32's exp (here: tail logits 150 below the top on odd rows)
+    cannot use the closed form's tail sum; they are recomputed through autograd. Values and gradients
+    stay finite and equal the plain path; the even rows keep the closed form."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=2)
+    with torch.no_grad():
+        weight.mul_(0.01)
+        weight[:, 0] = 0.0
+        weight[6:, 0] = 1.0       # hidden[:, 0] lifts the tail ids (those beyond the teacher's top-6)
+        bias[:6], bias[6:] = 0.0, -150.0
+        hidden[::2, 0] = 150.0    # even rows: a tail of ordinary size
+        hidden[1::2, 0] = 0.0     # odd rows: ~exp(-150) of the mass in the tail
+    t_logits[:, :6] += 20.0       # the teacher's top-6 are ids 0..5, with a small tail of its own
+    teacher = Sparse(t_logits, 6, [1.0])
+    import distiller_zoo.closed_form as cf
+    bad_rows, grads_of = [], cf._logit_grads
+    monkeypatch.setattr(cf, "_logit_grads", lambda *a: (lambda r: bad_rows.append(r[2].clone()) or r)(grads_of(*a)))
+    loss = build_loss(name, dict(OPTS.get(name, {}), temperature=1.0))
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, [loss], [1.0], 4)
+    assert torch.equal(torch.cat(bad_rows), torch.arange(13) % 2 == 1)
+    assert torch.isfinite(s0).all() and all(torch.isfinite(g).all() for g in g0)
+    torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_losses_with_their_own_sparse_formula_keep_autograd():
+    chunk = Sparse(torch.randn(3, 9), 3, [1.0]).chunk(0, 3)
+    assert not applies(chunk, [build_loss("uld", {})])                     # it refuses a sparse teacher
+
+    class Capped(LOSSES["vanilla_kl"]):
+        def sparse_token_losses(self, student_logits, teacher):
+            return super().sparse_token_losses(student_logits, teacher).clamp(max=1.0)
+    assert not applies(chunk, [Capped()])
+    assert not applies(torch.randn(3, 9), [build_loss("vanilla_kl", {})])   # a dense (live) teacher
+    assert applies(chunk, [build_loss("vanilla_kl", {}), build_loss("tvd", {})])
+
+
+def test_minus_inf_teacher_ids_and_tail_stay_finite():
+    """A teacher with zero probability at some of its K ids and an empty tail (-inf log-probs)."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=3)
+    t_logits[:, 4:] = -math.inf               # only 4 possible tokens; K = 6 includes 2 impossible ones
+    teacher = Sparse(t_logits, 6, [2.0])
+    losses = [build_loss(n, dict(OPTS.get(n, {}), temperature=2.0)) for n in SPARSE]
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, losses, [1.0] * len(losses), 4)
+    assert torch.isfinite(s0).all() and all(torch.isfinite(g).all() for g in g0)
+    torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
