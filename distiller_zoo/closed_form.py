@@ -1,4 +1,4 @@
-"""CE and the bucketed losses of a top-K teacher, with their gradient in closed form: one pass over ``[n, V]``.
+"""CE and the bucketed losses of a top-K teacher, with their gradient in closed form: no autograd over ``[n, V]``.
 
 Against a sparse teacher (:class:`~distiller_zoo.teacher.SparseChunk`) every logit loss reads the
 student only through ``K + 1`` bucket log-probabilities per position (base.py): at temperature T,
@@ -41,26 +41,48 @@ def applies(teacher_chunk, losses: list[LogitLoss]) -> bool:
         and type(loss).chunk_losses is LogitLoss.chunk_losses for loss in losses)
 
 
-def closed_form_grads(need_b, h, w, b, labels, teacher_chunk, losses, w_vec, fallback):
-    """``(grads of (h, w[, b]), terms)`` of ``w_vec . [CE, loss_1, ...]`` over one chunk, as fused.py's
-    autograd route ``fallback`` (same arguments), which takes the rows whose tail underflows."""
-    z = upcast(F.linear(h, w, b))
-    dz, terms, bad = _logit_grads(z, labels, teacher_chunk, losses, w_vec)
-    rows = bad.nonzero()[:, 0] if bad.any() else None
-    if rows is not None:
-        dz[rows] = 0.0
-    grads = [dz.mm(w).to(h.dtype), dz.t().mm(h).to(w.dtype)] + ([dz.sum(0).to(b.dtype)] if need_b else [])
-    if rows is not None:
-        sub, sub_terms = fallback(need_b, h[rows], w, b, labels[rows], teacher_chunk.select(rows), losses, w_vec)
-        grads[0][rows] = sub[0].to(h.dtype)
-        for mine, theirs in zip(grads[1:], sub[1:]):
-            mine += theirs
-        terms = terms + sub_terms
-    return tuple(grads), terms
+class ClosedForm:
+    """The closed-form route over the chunks of one fused call, called as fused.py's autograd route
+    ``fallback`` is (which takes the rows whose tail underflows).
+
+    Its ``[chunk, V]`` buffers are reused from chunk to chunk: on CPU a fresh tensor of that size
+    (33 MB at 256 x 32,128) is a page-faulting ``mmap`` every time, ~20% of the chunk's cost."""
+
+    def __init__(self, fallback):
+        self.fallback, self.buffers = fallback, {}
+
+    def buffer(self, key, n: int, v: int, like: torch.Tensor) -> torch.Tensor:
+        """A ``[n, v]`` scratch tensor of ``like``'s dtype and device (the first chunk is the largest)."""
+        if key not in self.buffers or self.buffers[key].shape[0] < n:
+            self.buffers[key] = torch.empty(n, v, dtype=like.dtype, device=like.device)
+        return self.buffers[key][:n]
+
+    def logits(self, h, w, b) -> torch.Tensor:
+        if torch.is_autocast_enabled(h.device.type) or h.dtype != w.dtype:   # F.linear picks the dtype
+            return upcast(F.linear(h, w, b))
+        out = self.buffer("z", h.shape[0], w.shape[0], h)
+        return torch.mm(h, w.t(), out=out) if b is None else torch.addmm(b, h, w.t(), out=out)
+
+    def __call__(self, need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
+        """``(grads of (h, w[, b]), terms)`` of ``w_vec . [CE, loss_1, ...]`` over one chunk."""
+        dz, terms, bad = _logit_grads(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.buffer)
+        rows = bad.nonzero()[:, 0] if bad.any() else None
+        if rows is not None:
+            dz[rows] = 0.0
+        grads = [dz.mm(w).to(h.dtype), dz.t().mm(h).to(w.dtype)] + ([dz.sum(0).to(b.dtype)] if need_b else [])
+        if rows is not None:
+            sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], teacher_chunk.select(rows), losses,
+                                           w_vec)
+            grads[0][rows] = sub[0].to(h.dtype)
+            for mine, theirs in zip(grads[1:], sub[1:]):
+                mine += theirs
+            terms = terms + sub_terms
+        return tuple(grads), terms
 
 
-def _logit_grads(z, labels, teacher, losses, w_vec):
-    """``(dL/dz, terms, bad rows)``; ``z`` ``[n, V]`` (overwritten), the sums of the good rows only."""
+def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
+    """``(dL/dz, terms, bad rows)``; ``z`` ``[n, V]`` (overwritten), the sums of the good rows only;
+    ``buffer(key, n, V, like)`` gives scratch space for the other temperatures."""
     n, v = z.shape
     m = z.amax(-1, keepdim=True)
     z_label = z.gather(-1, labels[:, None])[:, 0]
@@ -69,7 +91,8 @@ def _logit_grads(z, labels, teacher, losses, w_vec):
     temps = sorted({1.0, *(loss.temperature for loss in losses)}, key=lambda t: t == 1.0)   # T = 1 last: in place
     stats, bad = {}, torch.zeros(n, dtype=torch.bool, device=z.device)
     for t in temps:
-        e = z.sub_(m).exp_() if t == 1.0 else torch.sub(z, m).div_(t).exp_()   # exp((z - max) / T) <= 1
+        e = z.sub_(m) if t == 1.0 else torch.add(m / -t, z, alpha=1 / t, out=buffer(t, n, v, z))
+        e.exp_()   # exp((z - max) / T) <= 1
         s, log_q_k, rest = _row_sums(e, ids, z_k, m, t)
         if ids is not None and ids.shape[-1] < v:   # below this the tail has underflowed: autograd recomputes it
             bad |= rest < v * torch.finfo(z.dtype).tiny / torch.finfo(z.dtype).eps
@@ -84,7 +107,7 @@ def _logit_grads(z, labels, teacher, losses, w_vec):
     for t in g:
         if t != 1.0:
             e, s, _, _ = stats[t]
-            dz.add_(e.mul_((_tail_coef(g, stats, t) / s)[:, None]))
+            dz.addcmul_(e, (_tail_coef(g, stats, t) / s)[:, None])
     if ids is not None:   # the K ids: their entries of e were zeroed; the whole gradient goes here
         q1 = (z_k - m) - s1.log()[:, None]
         dz.scatter_add_(-1, ids, w_vec[0] * q1.exp() + sum(_ids_grad(g, stats, t) for t in g))

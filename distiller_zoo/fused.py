@@ -69,15 +69,14 @@ class _FusedChunks(torch.autograd.Function):
         sums = torch.zeros(len(weights), dtype=acc, device=hidden.device)
         w_vec = torch.tensor(weights, dtype=acc, device=hidden.device)
         chunk_grads = _compiled_grads if compile else _eager_grads
+        closed = closed_form.ClosedForm(fallback=_eager_grads)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             t_chunk = None if teacher is None else teacher.chunk(start, end)
             args = (need_b, hidden[start:end].detach(), weight.detach(), None if bias is None else bias.detach(),
                     labels[start:end], t_chunk, losses, w_vec)
-            if closed_form.applies(t_chunk, losses):   # CE alone or a cached teacher: no autograd over [n, V]
-                grads, terms = closed_form.closed_form_grads(*args, fallback=_eager_grads)
-            else:
-                grads, terms = chunk_grads(*args)
+            # CE alone or a cached teacher: no autograd over [n, V]
+            grads, terms = (closed if closed_form.applies(t_chunk, losses) else chunk_grads)(*args)
             grad_h[start:end] = grads[0]
             grad_w += grads[1]
             if need_b:

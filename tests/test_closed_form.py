@@ -121,3 +121,17 @@ def test_minus_inf_teacher_ids_and_tail_stay_finite():
     torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_under_bf16_autocast_it_matches_autograd_under_the_same_autocast():
+    """The trainer runs the objective inside ``torch.autocast``: the head's matmuls in bf16, the
+    softmax math in float32 on both routes."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, n=40, d=16, v=50, seed=4)
+    teacher = Sparse(t_logits, 8, [1.0, 2.0])
+    losses = [build_loss("vanilla_kl", {"temperature": 2.0}), build_loss("reverse_kl", {})]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, losses, [0.5, 0.5], 16)
+    assert s0.dtype == torch.float32 and all(a.dtype == torch.float32 for a in g0)
+    torch.testing.assert_close(s0, s1, rtol=1e-4, atol=1e-4)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max()))
