@@ -25,10 +25,13 @@ LONG = {"max_steps": 300, "eval_every": 20, "log_every": 1, "save_total_limit": 
 OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 
+def train_command(cfg_path, out) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"), "--mode", "train_teacher", "--config", str(cfg_path),
+            "--output_dir", str(out)]
+
+
 def start_training(cfg_path, out, cwd=None):
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--mode", "train_teacher", "--config",
-                             str(cfg_path), "--output_dir", str(out)], env=OFFLINE_ENV, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd)
+    return subprocess.Popen(train_command(cfg_path, out), env=OFFLINE_ENV, stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
 def wait_for(condition, proc, timeout=120):
@@ -46,14 +49,19 @@ def last_weights(out):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """The uninterrupted reference run."""
+    """The uninterrupted reference run, launched as the interrupted ones are (a fresh process: nothing
+    earlier tests did to this one's torch state can reach it). One thread: MKL's matmuls may split
+    their sums differently when the thread count they get changes, and the comparison is bitwise."""
     from conftest import TINY_CONFIG
     tmp = tmp_path_factory.mktemp("straight")
     cfg = json.loads(json.dumps(TINY_CONFIG))
     cfg["training"]["teacher"].update(LONG)
+    cfg["training"]["num_threads"] = 1
     path = tmp / "config.json"
     path.write_text(json.dumps(cfg))
-    assert main(["--mode", "train_teacher", "--config", str(path), "--output_dir", str(tmp / "run")]) == 0
+    proc = start_training(path, tmp / "run")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
     Straight = namedtuple("Straight", "config weights")
     return Straight(path, last_weights(tmp / "run")[1])
 
@@ -103,8 +111,9 @@ def test_kill_9_mid_checkpoint_write_resumes_from_the_previous_one(straight, tmp
     (ckpts / "step_99999991.pt").write_bytes(good.read_bytes()[:5000])
     assert latest_checkpoint(ckpts) == good
     (ckpts / "step_99999991.pt").unlink()
-    assert main(["--mode", "train_teacher", "--config", str(straight.config), "--output_dir", str(out),
-                 "--resume_from_checkpoint", "auto"]) == 0
+    done = subprocess.run(train_command(straight.config, out) + ["--resume_from_checkpoint", "auto"],
+                          env=OFFLINE_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     assert_same_weights(last_weights(out)[1], straight.weights)
 
 
