@@ -29,13 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from distiller_zoo.base import LogitLoss, upcast
+from distiller_zoo.logit import VanillaKL
 from distiller_zoo.teacher import SparseChunk
 
 
 def applies(teacher_chunk, losses: list[LogitLoss]) -> bool:
-    """True for CE alone or a sparse teacher with losses that use the shared bucket formula."""
+    """True for CE alone, a sparse teacher with losses that use the shared bucket formula, or a dense
+    teacher with forward KL alone."""
     if teacher_chunk is None:
         return not losses
+    if isinstance(teacher_chunk, torch.Tensor):
+        return bool(losses) and all(type(loss) is VanillaKL for loss in losses)
     return isinstance(teacher_chunk, SparseChunk) and all(
         type(loss).sparse_token_losses is LogitLoss.sparse_token_losses
         and type(loss).chunk_losses is LogitLoss.chunk_losses for loss in losses)
@@ -65,14 +69,18 @@ class ClosedForm:
 
     def __call__(self, need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
         """``(grads of (h, w[, b]), terms)`` of ``w_vec . [CE, loss_1, ...]`` over one chunk."""
-        dz, terms, bad = _logit_grads(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.buffer)
+        dense = isinstance(teacher_chunk, torch.Tensor)
+        if dense and teacher_chunk.shape != (h.shape[0], w.shape[0]):   # another vocabulary size: sliced there
+            return self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec)
+        route = _dense_kl_grads if dense else _logit_grads
+        dz, terms, bad = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.buffer)
         rows = bad.nonzero()[:, 0] if bad.any() else None
         if rows is not None:
             dz[rows] = 0.0
         grads = [dz.mm(w).to(h.dtype), dz.t().mm(h).to(w.dtype)] + ([dz.sum(0).to(b.dtype)] if need_b else [])
         if rows is not None:
-            sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], teacher_chunk.select(rows), losses,
-                                           w_vec)
+            t_rows = teacher_chunk[rows] if dense else teacher_chunk.select(rows)
+            sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], t_rows, losses, w_vec)
             grads[0][rows] = sub[0].to(h.dtype)
             for mine, theirs in zip(grads[1:], sub[1:]):
                 mine += theirs
@@ -111,6 +119,45 @@ def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
     if ids is not None:   # the K ids: their entries of e were zeroed; the whole gradient goes here
         q1 = (z_k - m) - s1.log()[:, None]
         dz.scatter_add_(-1, ids, w_vec[0] * q1.exp() + sum(_ids_grad(g, stats, t) for t in g))
+    dz.scatter_add_(-1, labels[:, None], (-w_vec[0]).expand(n, 1).to(dz.dtype))
+    return dz, terms, bad
+
+
+def _dense_kl_grads(z, labels, zt, losses, w_vec, buffer):
+    """As ``_logit_grads`` against dense teacher logits ``zt [n, V]`` with forward KL losses only.
+
+    ``T^2 KL(p || q)`` at T has the gradient ``T (q - p)`` and the value
+    ``T^2 (sum_j p_j (zt_j - z_j) / T + (m - m_t) / T + log S - log S_t)`` (``S``, ``S_t``: the
+    normalisers of ``exp((z - m) / T)`` and ``exp((zt - m_t) / T)``). Rows where it is not finite
+    (``-inf`` logits) are left to autograd, which handles them (distiller_zoo.logit._kl)."""
+    n, v = z.shape
+    zt = zt.to(z.dtype)
+    m, m_t = z.amax(-1, keepdim=True), zt.amax(-1, keepdim=True)
+    z_label = z.gather(-1, labels[:, None])[:, 0]
+    diff = torch.sub(zt, z, out=buffer("diff", n, v, z))
+    kd_weight: dict[float, torch.Tensor] = {}
+    for w, loss in zip(w_vec[1:], losses):
+        kd_weight[loss.temperature] = kd_weight.get(loss.temperature, 0.0) + w * loss.temperature
+    teacher = {}
+    for t in kd_weight:   # p = e_t / S_t, and the cross term sum_j e_t (zt - z) read before z is overwritten
+        e_t = torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_()
+        teacher[t] = (e_t, e_t.sum(-1), torch.bmm(e_t[:, None, :], diff[:, :, None])[:, 0, 0])
+    stats = {}
+    for t in sorted({1.0, *kd_weight}, key=lambda t: t == 1.0):   # T = 1 last: in place
+        e = z.sub_(m) if t == 1.0 else torch.add(m / -t, z, alpha=1 / t, out=buffer(t, n, v, z))
+        stats[t] = (e.exp_(), e.sum(-1))
+    e1, s1 = stats[1.0]
+    kl = {t: t * t * (cross / (t * s_t) + (m - m_t)[:, 0] / t + stats[t][1].log() - s_t.log())
+          for t, (_, s_t, cross) in teacher.items()}
+    rows = [kl[loss.temperature] for loss in losses]
+    bad = ~torch.stack([m[:, 0] + s1.log() - z_label, *rows]).isfinite().all(0)
+    good = ~bad
+    terms = torch.stack([(m[:, 0] + s1.log() - z_label)[good].sum(), *(r[good].sum() for r in rows)])
+    dz = e1.mul_(((w_vec[0] + kd_weight.get(1.0, 0.0)) / s1)[:, None])
+    for t, wt in kd_weight.items():   # + w T (q - p) at each temperature
+        if t != 1.0:
+            dz.addcmul_(stats[t][0], (wt / stats[t][1])[:, None])
+        dz.addcmul_(teacher[t][0], (-wt / teacher[t][1])[:, None])
     dz.scatter_add_(-1, labels[:, None], (-w_vec[0]).expand(n, 1).to(dz.dtype))
     return dz, terms, bad
 

@@ -1,4 +1,5 @@
-"""The closed-form chunk gradient (CE alone, or CE + the bucketed losses of a top-K teacher) equals autograd."""
+"""The closed-form chunk gradient (CE alone, CE + the bucketed losses of a top-K teacher, CE + forward KL
+against a live teacher) equals autograd."""
 from __future__ import annotations
 
 import math
@@ -106,8 +107,11 @@ def test_losses_with_their_own_sparse_formula_keep_autograd():
         def sparse_token_losses(self, student_logits, teacher):
             return super().sparse_token_losses(student_logits, teacher).clamp(max=1.0)
     assert not applies(chunk, [Capped()])
-    assert not applies(torch.randn(3, 9), [build_loss("vanilla_kl", {})])   # a dense (live) teacher
     assert applies(chunk, [build_loss("vanilla_kl", {}), build_loss("tvd", {})])
+    dense = torch.randn(3, 9)   # a live teacher: forward KL has a closed form, the others keep autograd
+    assert applies(dense, [build_loss("vanilla_kl", {}), build_loss("vanilla_kl", {"temperature": 2.0})])
+    assert not applies(dense, [build_loss("vanilla_kl", {}), build_loss("tvd", {})])
+    assert not applies(dense, [])
 
 
 def test_minus_inf_teacher_ids_and_tail_stay_finite():
@@ -135,3 +139,49 @@ def test_under_bf16_autocast_it_matches_autograd_under_the_same_autocast():
     torch.testing.assert_close(s0, s1, rtol=1e-4, atol=1e-4)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max()))
+
+
+class Dense:
+    """A live teacher's logits, chunk by chunk."""
+    outputs = None
+
+    def __init__(self, logits):
+        self.logits, self.n = logits, logits.shape[0]
+
+    def chunk(self, a, b):
+        return self.logits[a:b].clone()   # as DenseTargets: a fresh tensor per chunk
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
+def test_forward_kl_against_a_live_teacher_at_two_temperatures_equals_autograd(dtype, rtol):
+    hidden, weight, bias, labels, t_logits = problem(dtype, seed=5)
+    losses = [build_loss("vanilla_kl", {"temperature": 1.0}), build_loss("vanilla_kl", {"temperature": 2.0}),
+              build_loss("vanilla_kl", {"temperature": 2.0})]
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits.to(dtype)), losses, [0.3, 0.5, 0.2], 4)
+    torch.testing.assert_close(s0, s1, rtol=rtol, atol=rtol * 0.1)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 0.1 * float(b.abs().max()))
+
+
+def test_minus_inf_live_logits_take_autograd_for_those_rows(monkeypatch):
+    """-inf logits in the teacher (rows 0-3) or the student (row 5, where the teacher disagrees) make
+    the closed form's row not finite: those rows go through autograd, which floors log 0
+    (distiller_zoo.logit._kl); the other rows keep the closed form."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=6)
+    t_logits[:4, 2] = -math.inf            # teacher: token 2 impossible on rows 0-3
+    labels[labels == 7] = 8
+    with torch.no_grad():
+        weight[:, 0] = 0.0
+        weight[7, 0] = 1e30                # student: hidden[:, 0] moves token 7 alone ...
+        hidden[:, 0] = 0.0
+        hidden[5, 0] = -1e30               # ... to -inf on row 5
+    import distiller_zoo.closed_form as cf
+    bad_rows, grads_of = [], cf._dense_kl_grads
+    monkeypatch.setattr(cf, "_dense_kl_grads", lambda *a: (lambda r: bad_rows.append(r[2].clone()) or r)(grads_of(*a)))
+    loss = build_loss("vanilla_kl", {"temperature": 1.5})
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), [loss], [1.0], 4)
+    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == [0, 1, 2, 3, 5]
+    assert torch.isfinite(s0).all() and all(torch.isfinite(g).all() for g in g0)
+    torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
