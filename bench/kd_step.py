@@ -66,6 +66,9 @@ DEFAULT_PROJECT = ('{"compile_chunks": true}', '{"chunk_size": 0}', '{"teacher_c
 CACHED = 'project[{"teacher_cache": {"top_k": 32}}]'
 FUSED_CE = 'project[{"ce_only": true}]'   # the trainer's CE-only step, CE fused
 OTHER_LOSSES = ("reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl")
+# the losses Liger-Kernel also has, as LigerFusedLinearJSDLoss's beta (same conventions as ours): with
+# --losses, Liger is timed at that beta too, so each is compared with its own kind
+LIGER_BETA = {"reverse_kl": 1.0, "jsd": 0.5}
 CHECKED = ("naive", "trl", "liger", "liger_compiled", "project")  # each checked against its reference
 GRAD_PARAMS = ("shared.weight", "decoder.final_layer_norm.weight", "encoder.block.0.layer.0.SelfAttention.q.weight",
                "decoder.block.0.layer.1.EncDecAttention.v.weight")
@@ -135,7 +138,8 @@ def make_step(impl: str, student, teacher, vocab: int, project_options: dict, ba
         n = (labels != -100).sum()
         if impl == "liger" or impl == "liger_compiled":
             from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
-            fused = LigerFusedLinearJSDLoss(weight_hard_loss=0.5, weight_soft_loss=0.5, beta=0.0,
+            fused = LigerFusedLinearJSDLoss(weight_hard_loss=0.5, weight_soft_loss=0.5,
+                                            beta=project_options.get("beta", 0.0),
                                             compiled=impl == "liger_compiled")
             with torch.no_grad():
                 t_h = decoder_hidden(teacher, batch)
@@ -285,6 +289,8 @@ def reference_of(options: dict) -> tuple[str, dict]:
     """What a variant must agree with: the naive forward KL, the plain CE step for the CE-only variant, or
     for another loss its unchunked path."""
     loss = options.get("loss", "vanilla_kl")
+    if "beta" in options:   # Liger at another beta
+        loss = {b: name for name, b in LIGER_BETA.items()}[options["beta"]]
     if options.get("ce_only"):
         return "ce", {}
     if loss == "vanilla_kl":
@@ -345,6 +351,9 @@ def main(argv=None) -> int:
     impls += [(f"project[{o}]", json.loads(o)) for o in a.project or DEFAULT_PROJECT]
     losses = OTHER_LOSSES if a.losses == "all" else [x for x in a.losses.split(",") if x]
     impls += [(f"project[{json.dumps(o)}]", o) for o in ({"loss": x, "compile_chunks": True} for x in losses)]
+    if "liger_compiled" in a.impls.split(","):
+        impls += [(f"liger_compiled[{json.dumps({'beta': LIGER_BETA[x]})}]", {"beta": LIGER_BETA[x]})
+                  for x in losses if x in LIGER_BETA]
     print(f"machine: {platform.machine()} {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}, "
           f"torch {torch.__version__}, {a.threads} threads; load average at start {os.getloadavg()[0]:.2f}")
     checked = set()
@@ -412,6 +421,10 @@ def print_targets(rows: dict) -> None:
     for name in med:
         if name.startswith('project[{"loss"'):
             loss = json.loads(name[len("project["):-1])["loss"]
+            liger = f"liger_compiled[{json.dumps({'beta': LIGER_BETA[loss]})}]" if loss in LIGER_BETA else None
+            if liger in med:   # Liger's own kind of this loss
+                line(f"fused {loss} step / Liger compiled {loss}, time", name, liger, 1.0)
+                line(f"fused {loss} step / Liger compiled {loss}, memory", name, liger, 1.0, memory=True)
             line(f"fused {loss} step / Liger compiled (forward KL), time", name, "liger_compiled", 1.0)
             line(f"fused {loss} step / Liger compiled (forward KL), memory", name, "liger_compiled", 1.0, memory=True)
     line("fused KD step / naive, time (>= 2.5x faster)", fused, "naive", 0.4)

@@ -1,4 +1,5 @@
-"""CE and the bucketed losses of a top-K teacher, with their gradient in closed form: no autograd over ``[n, V]``.
+"""CE, the bucketed losses of a top-K teacher and forward KL, with their gradient in closed form: no
+autograd over ``[n, V]``.
 
 Against a sparse teacher (:class:`~distiller_zoo.teacher.SparseChunk`) every logit loss reads the
 student only through ``K + 1`` bucket log-probabilities per position (base.py): at temperature T,
@@ -22,6 +23,11 @@ backward per loss: about three times the elementwise work.
 The rest mass is summed over the tail only (the K entries zeroed first), so it is exact in
 relative terms. Where it underflows (a student more than ~80 nats sure, at T), that row is
 recomputed through autograd; the same for every row when a loss keeps its own sparse formula.
+
+Against a live (dense) teacher only forward KL has a closed form here: ``T^2 KL(p || q)`` has the
+gradient ``T (q - p)``, two more exp buffers and one cross term for its value. The other losses
+need elementwise logs of mixtures or signs, which ``compile_chunks`` fuses better than eager
+passes would; they keep the autograd route.
 """
 from __future__ import annotations
 
@@ -96,22 +102,16 @@ def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
     z_label = z.gather(-1, labels[:, None])[:, 0]
     ids = None if teacher is None else teacher.ids.long()
     z_k = None if ids is None else z.gather(-1, ids)
-    temps = sorted({1.0, *(loss.temperature for loss in losses)}, key=lambda t: t == 1.0)   # T = 1 last: in place
     stats, bad = {}, torch.zeros(n, dtype=torch.bool, device=z.device)
-    for t in temps:
-        e = z.sub_(m) if t == 1.0 else torch.add(m / -t, z, alpha=1 / t, out=buffer(t, n, v, z))
-        e.exp_()   # exp((z - max) / T) <= 1
+    for t, e in _exps(z, m, {loss.temperature for loss in losses}, buffer).items():
         s, log_q_k, rest = _row_sums(e, ids, z_k, m, t)
         if ids is not None and ids.shape[-1] < v:   # below this the tail has underflowed: autograd recomputes it
             bad |= rest < v * torch.finfo(z.dtype).tiny / torch.finfo(z.dtype).eps
         stats[t] = (e, s, log_q_k, rest)
     e1, s1, _, _ = stats[1.0]
-    ce_rows = m[:, 0] + s1.log() - z_label
     g, loss_rows = _bucket_grads(stats, losses, w_vec[1:], teacher)
-    good = ~bad
-    terms = torch.stack([ce_rows[good].sum(), *(r[good].sum() for r in loss_rows)])
-    dz = e1.mul_(((w_vec[0] + _tail_coef(g, stats, 1.0)) / s1)[:, None]) if 1.0 in g else \
-        e1.mul_((w_vec[0] / s1)[:, None])
+    terms = _good_sums([m[:, 0] + s1.log() - z_label, *loss_rows], bad)
+    dz = e1.mul_(((w_vec[0] + (_tail_coef(g, stats, 1.0) if 1.0 in g else 0.0)) / s1)[:, None])
     for t in g:
         if t != 1.0:
             e, s, _, _ = stats[t]
@@ -119,8 +119,7 @@ def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
     if ids is not None:   # the K ids: their entries of e were zeroed; the whole gradient goes here
         q1 = (z_k - m) - s1.log()[:, None]
         dz.scatter_add_(-1, ids, w_vec[0] * q1.exp() + sum(_ids_grad(g, stats, t) for t in g))
-    dz.scatter_add_(-1, labels[:, None], (-w_vec[0]).expand(n, 1).to(dz.dtype))
-    return dz, terms, bad
+    return _minus_onehot(dz, labels, w_vec[0]), terms, bad
 
 
 def _dense_kl_grads(z, labels, zt, losses, w_vec, buffer):
@@ -142,24 +141,39 @@ def _dense_kl_grads(z, labels, zt, losses, w_vec, buffer):
     for t in kd_weight:   # p = e_t / S_t, and the cross term sum_j e_t (zt - z) read before z is overwritten
         e_t = torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_()
         teacher[t] = (e_t, e_t.sum(-1), torch.bmm(e_t[:, None, :], diff[:, :, None])[:, 0, 0])
-    stats = {}
-    for t in sorted({1.0, *kd_weight}, key=lambda t: t == 1.0):   # T = 1 last: in place
-        e = z.sub_(m) if t == 1.0 else torch.add(m / -t, z, alpha=1 / t, out=buffer(t, n, v, z))
-        stats[t] = (e.exp_(), e.sum(-1))
+    stats = {t: (e, e.sum(-1)) for t, e in _exps(z, m, kd_weight, buffer).items()}
     e1, s1 = stats[1.0]
     kl = {t: t * t * (cross / (t * s_t) + (m - m_t)[:, 0] / t + stats[t][1].log() - s_t.log())
           for t, (_, s_t, cross) in teacher.items()}
-    rows = [kl[loss.temperature] for loss in losses]
-    bad = ~torch.stack([m[:, 0] + s1.log() - z_label, *rows]).isfinite().all(0)
-    good = ~bad
-    terms = torch.stack([(m[:, 0] + s1.log() - z_label)[good].sum(), *(r[good].sum() for r in rows)])
+    rows = [m[:, 0] + s1.log() - z_label, *(kl[loss.temperature] for loss in losses)]
+    bad = ~torch.stack(rows).isfinite().all(0)
+    terms = _good_sums(rows, bad)
     dz = e1.mul_(((w_vec[0] + kd_weight.get(1.0, 0.0)) / s1)[:, None])
     for t, wt in kd_weight.items():   # + w T (q - p) at each temperature
         if t != 1.0:
             dz.addcmul_(stats[t][0], (wt / stats[t][1])[:, None])
         dz.addcmul_(teacher[t][0], (-wt / teacher[t][1])[:, None])
-    dz.scatter_add_(-1, labels[:, None], (-w_vec[0]).expand(n, 1).to(dz.dtype))
-    return dz, terms, bad
+    return _minus_onehot(dz, labels, w_vec[0]), terms, bad
+
+
+def _exps(z, m, temps, buffer) -> dict:
+    """``{T: exp((z - m) / T)}`` for T = 1 and every T in ``temps``; T = 1 last, in place in ``z``."""
+    out = {}
+    for t in sorted({1.0, *temps}, key=lambda t: t == 1.0):
+        e = z.sub_(m) if t == 1.0 else torch.add(m / -t, z, alpha=1 / t, out=buffer(t, *z.shape, z))
+        out[t] = e.exp_()   # <= 1
+    return out
+
+
+def _good_sums(rows: list, bad) -> torch.Tensor:
+    """``[len(rows)]``: each per-row vector summed over the rows not left to autograd."""
+    good = ~bad
+    return torch.stack([r[good].sum() for r in rows])
+
+
+def _minus_onehot(dz, labels, w_ce):
+    """CE's ``- w_ce onehot(label)``: the softmax part is already in ``dz``."""
+    return dz.scatter_add_(-1, labels[:, None], (-w_ce).expand(len(labels), 1).to(dz.dtype))
 
 
 def _row_sums(e, ids, z_k, m, t):
