@@ -79,14 +79,13 @@ class ClosedForm:
         if dense and teacher_chunk.shape != (h.shape[0], w.shape[0]):   # another vocabulary size: sliced there
             return self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec)
         route = _dense_kl_grads if dense else _logit_grads
-        dz, terms, bad = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.buffer)
+        dz, terms, bad, teacher_rows = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.buffer)
         rows = bad.nonzero()[:, 0] if bad.any() else None
         if rows is not None:
             dz[rows] = 0.0
         grads = [dz.mm(w).to(h.dtype), dz.t().mm(h).to(w.dtype)] + ([dz.sum(0).to(b.dtype)] if need_b else [])
         if rows is not None:
-            t_rows = teacher_chunk[rows] if dense else teacher_chunk.select(rows)
-            sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], t_rows, losses, w_vec)
+            sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], teacher_rows(rows), losses, w_vec)
             grads[0][rows] = sub[0].to(h.dtype)
             for mine, theirs in zip(grads[1:], sub[1:]):
                 mine += theirs
@@ -95,8 +94,8 @@ class ClosedForm:
 
 
 def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
-    """``(dL/dz, terms, bad rows)``; ``z`` ``[n, V]`` (overwritten), the sums of the good rows only;
-    ``buffer(key, n, V, like)`` gives scratch space for the other temperatures."""
+    """``(dL/dz, terms, bad rows, the teacher at given rows)``; ``z`` ``[n, V]`` (overwritten), the sums
+    of the good rows only; ``buffer(key, n, V, like)`` gives scratch space for the other temperatures."""
     n, v = z.shape
     m = z.amax(-1, keepdim=True)
     z_label = z.gather(-1, labels[:, None])[:, 0]
@@ -119,7 +118,7 @@ def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
     if ids is not None:   # the K ids: their entries of e were zeroed; the whole gradient goes here
         q1 = (z_k - m) - s1.log()[:, None]
         dz.scatter_add_(-1, ids, w_vec[0] * q1.exp() + sum(_ids_grad(g, stats, t) for t in g))
-    return _minus_onehot(dz, labels, w_vec[0]), terms, bad
+    return _minus_onehot(dz, labels, w_vec[0]), terms, bad, None if teacher is None else teacher.select
 
 
 def _dense_kl_grads(z, labels, zt, losses, w_vec, buffer):
@@ -127,20 +126,19 @@ def _dense_kl_grads(z, labels, zt, losses, w_vec, buffer):
 
     ``T^2 KL(p || q)`` at T has the gradient ``T (q - p)`` and the value
     ``T^2 (sum_j p_j (zt_j - z_j) / T + (m - m_t) / T + log S - log S_t)`` (``S``, ``S_t``: the
-    normalisers of ``exp((z - m) / T)`` and ``exp((zt - m_t) / T)``). Rows where it is not finite
-    (``-inf`` logits) are left to autograd, which handles them (distiller_zoo.logit._kl)."""
+    normalisers of ``exp((z - m) / T)`` and ``exp((zt - m_t) / T)``); ``zt - z`` is written over
+    ``zt``. Rows where it is not finite (``-inf`` logits) are left to autograd, which handles them
+    (distiller_zoo.logit._kl), with the teacher's logits rebuilt from ``e_t``."""
     n, v = z.shape
     zt = zt.to(z.dtype)
     m, m_t = z.amax(-1, keepdim=True), zt.amax(-1, keepdim=True)
     z_label = z.gather(-1, labels[:, None])[:, 0]
-    diff = torch.sub(zt, z, out=buffer("diff", n, v, z))
     kd_weight: dict[float, torch.Tensor] = {}
     for w, loss in zip(w_vec[1:], losses):
         kd_weight[loss.temperature] = kd_weight.get(loss.temperature, 0.0) + w * loss.temperature
-    teacher = {}
-    for t in kd_weight:   # p = e_t / S_t, and the cross term sum_j e_t (zt - z) read before z is overwritten
-        e_t = torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_()
-        teacher[t] = (e_t, e_t.sum(-1), torch.bmm(e_t[:, None, :], diff[:, :, None])[:, 0, 0])
+    e_t = {t: torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_() for t in kd_weight}
+    diff = zt.sub_(z)   # the teacher's logits are not needed any more (its rows for autograd: from e_t, below)
+    teacher = {t: (e, e.sum(-1), _row_dot(e, diff)) for t, e in e_t.items()}   # p = e_t / S_t; sum_j e_t (zt - z)
     stats = {t: (e, e.sum(-1)) for t, e in _exps(z, m, kd_weight, buffer).items()}
     e1, s1 = stats[1.0]
     kl = {t: t * t * (cross / (t * s_t) + (m - m_t)[:, 0] / t + stats[t][1].log() - s_t.log())
@@ -153,7 +151,14 @@ def _dense_kl_grads(z, labels, zt, losses, w_vec, buffer):
         if t != 1.0:
             dz.addcmul_(stats[t][0], (wt / stats[t][1])[:, None])
         dz.addcmul_(teacher[t][0], (-wt / teacher[t][1])[:, None])
-    return _minus_onehot(dz, labels, w_vec[0]), terms, bad
+    t0 = next(iter(e_t))
+    teacher_rows = lambda rows: t0 * e_t[t0][rows].log() + m_t[rows]  # noqa: E731  (zt to rounding; -inf below ~-87 T)
+    return _minus_onehot(dz, labels, w_vec[0]), terms, bad, teacher_rows
+
+
+def _row_dot(a, b) -> torch.Tensor:
+    """``[n]``: ``sum_j a_ij b_ij`` without an ``[n, V]`` product (NaN where ``a`` is 0 and ``b`` infinite)."""
+    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 
 def _exps(z, m, temps, buffer) -> dict:
