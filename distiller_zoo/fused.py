@@ -72,7 +72,7 @@ class _FusedChunks(torch.autograd.Function):
         closed = closed_form.ClosedForm(fallback=_eager_grads)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
-            t_chunk = None if teacher is None else teacher.chunk(start, end)
+            t_chunk = None if teacher is None or not losses else teacher.chunk(start, end)   # CE alone: unread
             args = (need_b, hidden[start:end].detach(), weight.detach(), None if bias is None else bias.detach(),
                     labels[start:end], t_chunk, losses, w_vec)
             # CE alone, a cached teacher or forward KL alone: no autograd over [n, V]

@@ -185,3 +185,14 @@ def test_minus_inf_live_logits_take_autograd_for_those_rows(monkeypatch):
     torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_a_teacher_whose_losses_all_weigh_zero_leaves_the_ce_only_step_bitwise():
+    """A KD term of weight 0 (the baseline test's distilled student) computes exactly the CE-only step."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=7)
+    out = []
+    for teacher in (None, Dense(t_logits), Sparse(t_logits, 5, [1.0])):
+        total, sums = fused_logit_objective(hidden, LMHead(weight, bias), labels, teacher, 0.7, [], [], 4)
+        out.append((sums, torch.autograd.grad(total, (hidden, weight, bias))))
+    for sums, grads in out[1:]:
+        assert torch.equal(sums, out[0][0]) and all(torch.equal(a, b) for a, b in zip(grads, out[0][1]))
