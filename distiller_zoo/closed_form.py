@@ -53,7 +53,7 @@ def applies(teacher_chunk, losses: list[LogitLoss]) -> bool:
 
 class ClosedForm:
     """The closed-form route over the chunks of one fused call, called as fused.py's autograd route
-    ``fallback`` is (which takes the rows whose tail underflows).
+    ``fallback`` is; that takes the rows the closed form cannot (an underflowing tail, ``-inf`` logits).
 
     Its ``[chunk, V]`` buffers are reused from chunk to chunk: on CPU a fresh tensor of that size
     (33 MB at 256 x 32,128) is a page-faulting ``mmap`` every time, ~20% of the chunk's cost."""
@@ -68,6 +68,7 @@ class ClosedForm:
         return self.buffers[key][:n]
 
     def logits(self, h, w, b) -> torch.Tensor:
+        """The chunk's student logits ``[n, V]``, float32 or wider, in the reused buffer outside autocast."""
         if torch.is_autocast_enabled(h.device.type) or h.dtype != w.dtype:   # F.linear picks the dtype
             return upcast(F.linear(h, w, b))
         out = self.buffer("z", h.shape[0], w.shape[0], h)
