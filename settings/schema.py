@@ -413,8 +413,9 @@ class DistillConfig:
                           "teacher's CE in train_teacher). 0 = the unchunked path with full logits.", 256)
     compile_chunks: bool = doc("torch.compile each chunk's loss and gradient (fused path): the elementwise work "
                                "over the [chunk, vocab] logits fuses, ~1.5x faster loss math for a one-off compile "
-                               "of ~15 s; worth it for long runs with a live teacher and a loss other than vanilla_kl (a cached "
-                               "teacher, CE alone and vanilla_kl alone take a closed form without it). Needs a C++ compiler on CPU, Triton on GPU.", False)
+                               "of ~15 s; worth it for long runs with a live teacher and a loss other than "
+                               "vanilla_kl (a cached teacher, CE alone and vanilla_kl alone take a closed form "
+                               "without it). Needs a C++ compiler on CPU, Triton on GPU.", False)
     teacher_cache: Optional[TeacherCacheConfig] = doc("Distill from a cached top-K teacher instead of running it "
                                                       "every step, e.g. {top_k: 32}; logit losses only.", None)
 

@@ -57,7 +57,8 @@ def test_every_sparse_loss_at_two_temperatures_equals_autograd(dtype, rtol, k):
     teacher = Sparse(t_logits.to(dtype), k, [1.0, 2.0])
     losses = [build_loss(n, dict(OPTS.get(n, {}), temperature=1.0 + i % 2)) for i, n in enumerate(SPARSE)]
     assert applies(teacher.chunk(0, 4), losses)
-    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, losses, [0.5 + i for i in range(len(losses))], 4)
+    weights = [0.5 + i for i in range(len(losses))]
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, losses, weights, 4)
     torch.testing.assert_close(s0, s1, rtol=rtol, atol=rtol * 0.1)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 0.1 * float(b.abs().max()))
