@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from distiller_zoo.base import LogitLoss, upcast
+from distiller_zoo.heads import LMHead
 from distiller_zoo.logit import VanillaKL
 from distiller_zoo.teacher import SparseChunk
 
@@ -55,8 +56,7 @@ class ClosedForm:
     """The closed-form route over the chunks of one fused call, called as fused.py's autograd route
     ``fallback`` is; that takes the rows the closed form cannot (an underflowing tail, ``-inf`` logits).
 
-    Its ``[chunk, V]`` buffers are reused from chunk to chunk: on CPU a fresh tensor of that size
-    (33 MB at 256 x 32,128) is a page-faulting ``mmap`` every time, ~20% of the chunk's cost."""
+    Its ``[chunk, V]`` buffers are reused from chunk to chunk (see ``LMHead.into``): ~20% of a chunk's cost."""
 
     def __init__(self, fallback):
         self.fallback, self.buffers = fallback, {}
@@ -69,10 +69,7 @@ class ClosedForm:
 
     def logits(self, h, w, b) -> torch.Tensor:
         """The chunk's student logits ``[n, V]``, float32 or wider, in the reused buffer outside autocast."""
-        if torch.is_autocast_enabled(h.device.type) or h.dtype != w.dtype:   # F.linear picks the dtype
-            return upcast(F.linear(h, w, b))
-        out = self.buffer("z", h.shape[0], w.shape[0], h)
-        return torch.mm(h, w.t(), out=out) if b is None else torch.addmm(b, h, w.t(), out=out)
+        return upcast(LMHead(w, b).into(h, lambda n, v, like: self.buffer("z", n, v, like)))
 
     def __call__(self, need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
         """``(grads of (h, w[, b]), terms)`` of ``w_vec . [CE, loss_1, ...]`` over one chunk."""

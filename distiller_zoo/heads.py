@@ -27,6 +27,16 @@ class LMHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.weight, self.bias)
 
+    def into(self, hidden: torch.Tensor, buffer) -> torch.Tensor:
+        """``self(hidden)`` written into ``buffer(n, V, like)`` (scratch reused from chunk to chunk: on CPU
+        a fresh [256, 32,128] tensor is a page-faulting mmap each time); under autocast, or with
+        another dtype than the weight's, a new tensor as ``F.linear`` makes it."""
+        w, b = self.weight, self.bias
+        if torch.is_autocast_enabled(hidden.device.type) or hidden.dtype != w.dtype:
+            return self(hidden)
+        out = buffer(hidden.shape[0], w.shape[0], hidden)
+        return torch.mm(hidden, w.t(), out=out) if b is None else torch.addmm(b, hidden, w.t(), out=out)
+
 
 def lm_head(model, vocab_size: int | None = None) -> LMHead:
     """The model's output layer restricted to ``vocab_size`` rows (the tokenizer's length)."""

@@ -12,7 +12,7 @@ from distiller_zoo.cache import top_k_rows
 from distiller_zoo.closed_form import applies
 from distiller_zoo.fused import fused_logit_objective
 from distiller_zoo.heads import LMHead
-from distiller_zoo.teacher import SparseChunk
+from distiller_zoo.teacher import DenseTargets, SparseChunk
 
 SPARSE = sorted(n for n, c in LOSSES.items() if issubclass(c, LogitLoss) and n != "uld")
 OPTS = {"jsd": {"beta": 0.3}, "skew_kl": {"skew_alpha": 0.2}, "skew_reverse_kl": {"skew_alpha": 0.2}}
@@ -150,7 +150,7 @@ class Dense:
         self.logits, self.n = logits, logits.shape[0]
 
     def chunk(self, a, b):
-        return self.logits[a:b].clone()   # as DenseTargets: a fresh tensor per chunk
+        return self.logits[a:b].clone()   # the loss may write over it, as over DenseTargets' chunks
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
@@ -197,3 +197,16 @@ def test_a_teacher_whose_losses_all_weigh_zero_leaves_the_ce_only_step_bitwise()
         out.append((sums, torch.autograd.grad(total, (hidden, weight, bias))))
     for sums, grads in out[1:]:
         assert torch.equal(sums, out[0][0]) and all(torch.equal(a, b) for a, b in zip(grads, out[0][1]))
+
+
+def test_live_teacher_chunks_are_its_logits_in_one_reused_buffer():
+    hidden, weight, bias, _, _ = problem(torch.float32, seed=8)
+    head = LMHead(weight.detach(), bias.detach())
+    live = DenseTargets(hidden.detach(), head)
+    first = live.chunk(0, 4)
+    torch.testing.assert_close(first, head(hidden.detach()[:4]), rtol=1e-6, atol=1e-6)
+    second = live.chunk(4, 7)     # shorter, in the same storage
+    assert second.data_ptr() == first.data_ptr()
+    torch.testing.assert_close(second, head(hidden.detach()[4:7]), rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # autocast picks the dtype: a new tensor
+        assert live.chunk(0, 4).dtype == torch.bfloat16
