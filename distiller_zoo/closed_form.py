@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from distiller_zoo.base import LogitLoss, upcast
-from distiller_zoo.heads import LMHead
+from distiller_zoo.heads import LMHead, Scratch
 from distiller_zoo.logit import VanillaKL
 from distiller_zoo.teacher import SparseChunk
 
@@ -56,20 +56,14 @@ class ClosedForm:
     """The closed-form route over the chunks of one fused call, called as fused.py's autograd route
     ``fallback`` is; that takes the rows the closed form cannot (an underflowing tail, ``-inf`` logits).
 
-    Its ``[chunk, V]`` buffers are reused from chunk to chunk (see ``LMHead.into``): ~20% of a chunk's cost."""
+    Its ``[chunk, V]`` buffers are reused from chunk to chunk (:class:`~distiller_zoo.heads.Scratch`)."""
 
     def __init__(self, fallback):
-        self.fallback, self.buffers = fallback, {}
-
-    def buffer(self, key, n: int, v: int, like: torch.Tensor) -> torch.Tensor:
-        """A ``[n, v]`` scratch tensor of ``like``'s dtype and device (the first chunk is the largest)."""
-        if key not in self.buffers or self.buffers[key].shape[0] < n:
-            self.buffers[key] = torch.empty(n, v, dtype=like.dtype, device=like.device)
-        return self.buffers[key][:n]
+        self.fallback, self.scratch = fallback, Scratch()
 
     def logits(self, h, w, b) -> torch.Tensor:
         """The chunk's student logits ``[n, V]``, float32 or wider, in the reused buffer outside autocast."""
-        return upcast(LMHead(w, b).into(h, lambda n, v, like: self.buffer("z", n, v, like)))
+        return upcast(LMHead(w, b).into(h, self.scratch, "z"))
 
     def __call__(self, need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
         """``(grads of (h, w[, b]), terms)`` of ``w_vec . [CE, loss_1, ...]`` over one chunk."""
@@ -77,8 +71,9 @@ class ClosedForm:
         if dense and teacher_chunk.shape != (h.shape[0], w.shape[0]):   # another vocabulary size: sliced there
             return self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec)
         route = _dense_kl_grads if dense else _logit_grads
-        dz, terms, bad, teacher_rows = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.buffer)
-        rows = bad.nonzero()[:, 0] if bad.any() else None
+        dz, terms, bad, teacher_rows = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.scratch)
+        rows = bad.nonzero()[:, 0]   # one device sync per chunk
+        rows = rows if rows.numel() else None
         if rows is not None:
             dz[rows] = 0.0
         grads = [dz.mm(w).to(h.dtype), dz.t().mm(h).to(w.dtype)] + ([dz.sum(0).to(b.dtype)] if need_b else [])
@@ -93,7 +88,7 @@ class ClosedForm:
 
 def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
     """``(dL/dz, terms, bad rows, the teacher at given rows)``; ``z`` ``[n, V]`` (overwritten), the sums
-    of the good rows only; ``buffer(key, n, V, like)`` gives scratch space for the other temperatures."""
+    of the good rows only; ``buffer`` (a ``Scratch``) gives scratch space for the other temperatures."""
     n, v = z.shape
     m = z.amax(-1, keepdim=True)
     z_label = z.gather(-1, labels[:, None])[:, 0]
@@ -208,7 +203,7 @@ def _bucket_grads(stats, losses, weights, teacher):
 
 
 def _tail_coef(g, stats, t):
-    """Per row, ``(g_r / q_r - G) / T`` times ``S``: the gradient off the K ids is ``e * coef / S``."""
+    """Per row, ``(g_r / q_r - G) / T``: the gradient off the K ids is ``e * coef / S``."""
     _, s, _, rest = stats[t]
     g_rest = g[t][:, -1]
     per_rest = torch.where(g_rest == 0, 0.0, g_rest / rest.clamp_min(torch.finfo(rest.dtype).tiny))

@@ -27,15 +27,27 @@ class LMHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.weight, self.bias)
 
-    def into(self, hidden: torch.Tensor, buffer) -> torch.Tensor:
-        """``self(hidden)`` written into ``buffer(n, V, like)`` (scratch reused from chunk to chunk: on CPU
-        a fresh [256, 32,128] tensor is a page-faulting mmap each time); under autocast, or with
-        another dtype than the weight's, a new tensor as ``F.linear`` makes it."""
+    def into(self, hidden: torch.Tensor, scratch: "Scratch", key="logits") -> torch.Tensor:
+        """``self(hidden)`` written into ``scratch``'s buffer ``key``; under autocast, or with another dtype
+        than the weight's, a new tensor as ``F.linear`` makes it."""
         w, b = self.weight, self.bias
         if torch.is_autocast_enabled(hidden.device.type) or hidden.dtype != w.dtype:
             return self(hidden)
-        out = buffer(hidden.shape[0], w.shape[0], hidden)
+        out = scratch(key, hidden.shape[0], w.shape[0], hidden)
         return torch.mm(hidden, w.t(), out=out) if b is None else torch.addmm(b, hidden, w.t(), out=out)
+
+
+class Scratch:
+    """``[n, V]`` buffers by key, reused from chunk to chunk (the first chunk is the largest): on CPU a
+    fresh [256, 32,128] tensor is a page-faulting ``mmap`` each time, ~20% of a chunk's cost."""
+
+    def __init__(self):
+        self.buffers: dict = {}
+
+    def __call__(self, key, n: int, v: int, like: torch.Tensor) -> torch.Tensor:
+        if key not in self.buffers or self.buffers[key].shape[0] < n:
+            self.buffers[key] = torch.empty(n, v, dtype=like.dtype, device=like.device)
+        return self.buffers[key][:n]
 
 
 def lm_head(model, vocab_size: int | None = None) -> LMHead:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from distiller_zoo.base import IGNORE_INDEX
-from distiller_zoo.heads import LMHead, decoder_states, lm_head
+from distiller_zoo.heads import LMHead, Scratch, decoder_states, lm_head
 
 
 @dataclass
@@ -76,17 +76,12 @@ class DenseTargets(TeacherTargets):
 
     def __init__(self, hidden: torch.Tensor, head: LMHead, outputs=None):
         self.hidden, self.head, self.outputs, self.n = hidden, head, outputs, hidden.shape[0]
-        self._buffer = None
+        self.scratch = Scratch()
 
     @torch.no_grad()
     def chunk(self, start: int, end: int) -> torch.Tensor:
         """Valid until the next call: chunks share one buffer, and a loss may write over its chunk."""
-        return self.head.into(self.hidden[start:end], self._scratch)
-
-    def _scratch(self, n: int, v: int, like: torch.Tensor) -> torch.Tensor:
-        if self._buffer is None or self._buffer.shape[0] < n:
-            self._buffer = torch.empty(n, v, dtype=like.dtype, device=like.device)
-        return self._buffer[:n]
+        return self.head.into(self.hidden[start:end], self.scratch)
 
 
 class LiveTeacher:
