@@ -24,29 +24,32 @@ The rest mass is summed over the tail only (the K entries zeroed first), so it i
 relative terms. Where it underflows (a student more than ~80 nats sure, at T), that row is
 recomputed through autograd; the same for every row when a loss keeps its own sparse formula.
 
-Against a live (dense) teacher only forward KL has a closed form here: ``T^2 KL(p || q)`` has the
-gradient ``T (q - p)``, two more exp buffers and one cross term for its value. The other losses
-need elementwise logs of mixtures or signs, which ``compile_chunks`` fuses better than eager
-passes would; they keep the autograd route.
+Against a live (dense) teacher forward KL and skew KL have one here (``_dense_grads``): every
+loss of ``log q`` has the gradient ``(g - q G) / T`` with ``g = dL/d log q``, elementwise for these
+two (``T^2 (p - q)`` and ``-T^2 (1 - a) q p / M``), so a few passes over reused exp buffers replace
+autograd. The others need signs or logs of both mixtures, which ``compile_chunks`` fuses better
+than eager passes would; they keep the autograd route.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from distiller_zoo.base import LogitLoss, upcast
 from distiller_zoo.heads import LMHead, Scratch
-from distiller_zoo.logit import VanillaKL
+from distiller_zoo.logit import SkewKL, VanillaKL
 from distiller_zoo.teacher import SparseChunk
 
 
 def applies(teacher_chunk, losses: list[LogitLoss]) -> bool:
     """True for CE alone, a sparse teacher with losses that use the shared bucket formula, or a dense
-    teacher with forward KL alone."""
+    teacher with losses of ``dense_closed`` only."""
     if teacher_chunk is None:
         return not losses
     if isinstance(teacher_chunk, torch.Tensor):
-        return bool(losses) and all(type(loss) is VanillaKL for loss in losses)
+        return bool(losses) and all(dense_closed(loss) for loss in losses)
     return isinstance(teacher_chunk, SparseChunk) and all(
         type(loss).sparse_token_losses is LogitLoss.sparse_token_losses
         and type(loss).chunk_losses is LogitLoss.chunk_losses for loss in losses)
@@ -70,7 +73,7 @@ class ClosedForm:
         dense = isinstance(teacher_chunk, torch.Tensor)
         if dense and teacher_chunk.shape != (h.shape[0], w.shape[0]):   # another vocabulary size: sliced there
             return self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec)
-        route = _dense_kl_grads if dense else _logit_grads
+        route = _dense_grads if dense else _logit_grads
         dz, terms, bad, teacher_rows = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.scratch)
         rows = bad.nonzero()[:, 0]   # one device sync per chunk
         rows = rows if rows.numel() else None
@@ -114,39 +117,78 @@ def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
     return _minus_onehot(dz, labels, w_vec[0]), terms, bad, None if teacher is None else teacher.select
 
 
-def _dense_kl_grads(z, labels, zt, losses, w_vec, buffer):
-    """As ``_logit_grads`` against dense teacher logits ``zt [n, V]`` with forward KL losses only.
+def dense_closed(loss: LogitLoss) -> bool:
+    """A live teacher's losses with a closed form: forward KL, and skew KL strictly inside its edges
+    (at 0 it is forward KL, at 1 zero; those configurations keep autograd)."""
+    return type(loss) is VanillaKL or (type(loss) is SkewKL and 0.0 < loss.skew_alpha < 1.0)
 
-    ``T^2 KL(p || q)`` at T has the gradient ``T (q - p)`` and the value
-    ``T^2 (sum_j p_j (zt_j - z_j) / T + (m - m_t) / T + log S - log S_t)`` (``S``, ``S_t``: the
-    normalisers of ``exp((z - m) / T)`` and ``exp((zt - m_t) / T)``); ``zt - z`` is written over
-    ``zt``. Rows where it is not finite (``-inf`` logits) are left to autograd, which handles them
-    (distiller_zoo.logit._kl), with the teacher's logits rebuilt from ``e_t``."""
+
+def _dense_grads(z, labels, zt, losses, w_vec, buffer):
+    """As ``_logit_grads`` against dense teacher logits ``zt [n, V]`` (overwritten) with the losses of
+    ``dense_closed``. With ``p``, ``q`` the softened teacher and student and ``e``, ``e_t`` their
+    unnormalised exp buffers at T (normalisers ``S``, ``S_t``):
+
+    - ``T^2 KL(p || q)``: the gradient ``T (q - p)``, the value from the cross term ``sum e_t (zt - z)``;
+    - skew KL (``_skew_kl``).
+
+    Rows whose values are not finite (``-inf`` logits, an underflow of both models at one token)
+    are left to autograd, which handles them (distiller_zoo.logit._kl), with the teacher's logits
+    rebuilt from ``e_t``."""
     n, v = z.shape
     zt = zt.to(z.dtype)
     m, m_t = z.amax(-1, keepdim=True), zt.amax(-1, keepdim=True)
     z_label = z.gather(-1, labels[:, None])[:, 0]
-    kd_weight: dict[float, torch.Tensor] = {}
-    for w, loss in zip(w_vec[1:], losses):
-        kd_weight[loss.temperature] = kd_weight.get(loss.temperature, 0.0) + w * loss.temperature
-    e_t = {t: torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_() for t in kd_weight}
-    diff = zt.sub_(z)   # the teacher's logits are not needed any more (its rows for autograd: from e_t, below)
-    teacher = {t: (e, e.sum(-1), _row_dot(e, diff)) for t, e in e_t.items()}   # p = e_t / S_t; sum_j e_t (zt - z)
-    stats = {t: (e, e.sum(-1)) for t, e in _exps(z, m, kd_weight, buffer).items()}
+    temps = {loss.temperature for loss in losses}
+    e_t = {t: torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_() for t in temps}
+    teacher = {t: (e, e.sum(-1)) for t, e in e_t.items()}
+    forward = {loss.temperature for loss in losses if type(loss) is VanillaKL}
+    diff = zt.sub_(z) if forward else zt   # the teacher's logits are not needed any more
+    cross = {t: _row_dot(e_t[t], diff) for t in forward}
+    stats = {t: (e, e.sum(-1)) for t, e in _exps(z, m, temps, buffer).items()}
     e1, s1 = stats[1.0]
-    kl = {t: t * t * (cross / (t * s_t) + (m - m_t)[:, 0] / t + stats[t][1].log() - s_t.log())
-          for t, (_, s_t, cross) in teacher.items()}
-    rows = [m[:, 0] + s1.log() - z_label, *(kl[loss.temperature] for loss in losses)]
-    bad = ~torch.stack(rows).isfinite().all(0)
-    terms = _good_sums(rows, bad)
-    dz = e1.mul_(((w_vec[0] + kd_weight.get(1.0, 0.0)) / s1)[:, None])
-    for t, wt in kd_weight.items():   # + w T (q - p) at each temperature
-        if t != 1.0:
-            dz.addcmul_(stats[t][0], (wt / stats[t][1])[:, None])
-        dz.addcmul_(teacher[t][0], (-wt / teacher[t][1])[:, None])
+    rows, bad = [m[:, 0] + s1.log() - z_label], torch.zeros(n, dtype=torch.bool, device=z.device)
+    coef = {t: 0.0 for t in stats}, {t: 0.0 for t in forward}   # per row, of e and of e_t in dz
+    products = []                                               # (tensor, per-row coefficient) in dz
+    for i, (w, loss) in enumerate(zip(w_vec[1:], losses)):
+        t, (e, s), (et, st) = loss.temperature, stats[loss.temperature], teacher[loss.temperature]
+        if type(loss) is VanillaKL:   # + w T (q - p)
+            rows.append(t * t * (cross[t] / (t * st) + (m - m_t)[:, 0] / t + s.log() - st.log()))
+            coef[0][t], coef[1][t] = coef[0][t] + w * t / s, coef[1][t] - w * t / st
+            continue
+        value, qr, prod = _skew_kl(e, s, et, st, loss.skew_alpha, buffer(("skew", i), n, v, z), diff)
+        k, a = w * t * (1 - loss.skew_alpha), loss.skew_alpha
+        rows.append(t * t * value)
+        coef[0][t] = coef[0][t] + k * qr / (a * s)
+        products.append((prod, -k / (a * s)))
+        bad |= ~qr.isfinite()
+    bad |= ~torch.stack(rows).isfinite().all(0)
+    dz = e1.mul_((w_vec[0] / s1 + coef[0][1.0])[:, None])
+    for t, c in coef[0].items():
+        if t != 1.0 and torch.is_tensor(c):
+            dz.addcmul_(stats[t][0], c[:, None])
+    for t, c in coef[1].items():
+        dz.addcmul_(e_t[t], c[:, None])
+    for prod, c in products:
+        dz.addcmul_(prod, c[:, None])
     t0 = next(iter(e_t))
     teacher_rows = lambda rows: t0 * e_t[t0][rows].log() + m_t[rows]  # noqa: E731  (zt to rounding; -inf below ~-87 T)
-    return _minus_onehot(dz, labels, w_vec[0]), terms, bad, teacher_rows
+    return _minus_onehot(dz, labels, w_vec[0]), _good_sums(rows, bad), bad, teacher_rows
+
+
+def _skew_kl(e, s, e_t, s_t, a, out, scratch):
+    """Skew KL ``KL(p || M)``, ``M = a p + (1 - a) q``, at one temperature, without its ``T^2``.
+
+    Its gradient w.r.t. ``log q_j`` is ``-T^2 (1 - a) q_j R_j`` with ``R = p / M``, so (as for every
+    loss of ``log q``) the one w.r.t. ``z_j`` is ``T (1 - a) q_j (sum_k q_k R_k - R_j)``. In the exp
+    buffers ``R' = a R = e_t / (e_t + c e)``, ``c = (1 - a) S_t / (a S)``: one pass for the
+    denominator, one for the division, one ``xlogy`` for the value ``sum_j p_j log R'_j - log a``.
+
+    Returns ``(value [n], sum_j q_j R'_j [n], e * R' [n, V] written over out)``; ``scratch`` takes
+    the ``xlogy``. Where both models underflow at a token, ``R'`` is 0/0: NaN, and the row not finite."""
+    r = torch.addcmul(e_t, e, ((1 - a) * s_t / (a * s))[:, None], out=out)
+    r = torch.div(e_t, r, out=r)
+    value = torch.xlogy(e_t, r, out=scratch).sum(-1) / s_t - math.log(a)
+    return value, _row_dot(e, r) / s, r.mul_(e)
 
 
 def _row_dot(a, b) -> torch.Tensor:

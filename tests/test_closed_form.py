@@ -1,5 +1,5 @@
-"""The closed-form chunk gradient (CE alone, CE + the bucketed losses of a top-K teacher, CE + forward KL
-against a live teacher) equals autograd."""
+"""The closed-form chunk gradient (CE alone, CE + the bucketed losses of a top-K teacher, CE + forward and
+skew KL against a live teacher) equals autograd."""
 from __future__ import annotations
 
 import math
@@ -109,9 +109,11 @@ def test_losses_with_their_own_sparse_formula_keep_autograd():
             return super().sparse_token_losses(student_logits, teacher).clamp(max=1.0)
     assert not applies(chunk, [Capped()])
     assert applies(chunk, [build_loss("vanilla_kl", {}), build_loss("tvd", {})])
-    dense = torch.randn(3, 9)   # a live teacher: forward KL has a closed form, the others keep autograd
-    assert applies(dense, [build_loss("vanilla_kl", {}), build_loss("vanilla_kl", {"temperature": 2.0})])
+    dense = torch.randn(3, 9)   # a live teacher: forward KL and skew KL have a closed form, the others keep autograd
+    assert applies(dense, [build_loss("vanilla_kl", {}), build_loss("skew_kl", {"temperature": 2.0})])
     assert not applies(dense, [build_loss("vanilla_kl", {}), build_loss("tvd", {})])
+    for edge in (0.0, 1.0):   # forward KL and zero: not worth a route of their own
+        assert not applies(dense, [build_loss("skew_kl", {"skew_alpha": edge})])
     assert not applies(dense, [])
 
 
@@ -153,21 +155,38 @@ class Dense:
         return self.logits[a:b].clone()   # the loss may write over it, as over DenseTargets' chunks
 
 
+DENSE_MIX = [("vanilla_kl", {"temperature": 1.0}), ("skew_kl", {"skew_alpha": 0.1}),
+             ("vanilla_kl", {"temperature": 2.0}), ("skew_kl", {"skew_alpha": 0.6, "temperature": 2.0}),
+             ("vanilla_kl", {"temperature": 2.0})]
+
+
+@pytest.mark.parametrize("mix", [DENSE_MIX, DENSE_MIX[1:2], DENSE_MIX[3:4]], ids=["mixed", "skew-T1", "skew-T2"])
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
-def test_forward_kl_against_a_live_teacher_at_two_temperatures_equals_autograd(dtype, rtol):
+def test_forward_and_skew_kl_against_a_live_teacher_equal_autograd(dtype, rtol, mix):
+    """Alone and together, at two temperatures (two exp buffers each), two of the same loss at one."""
     hidden, weight, bias, labels, t_logits = problem(dtype, seed=5)
-    losses = [build_loss("vanilla_kl", {"temperature": 1.0}), build_loss("vanilla_kl", {"temperature": 2.0}),
-              build_loss("vanilla_kl", {"temperature": 2.0})]
-    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits.to(dtype)), losses, [0.3, 0.5, 0.2], 4)
+    losses = [build_loss(name, opts) for name, opts in mix]
+    assert applies(t_logits, losses)
+    weights = [0.3, 0.5, 0.2, 0.7, 0.4][:len(losses)]
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits.to(dtype)), losses, weights, 4)
     torch.testing.assert_close(s0, s1, rtol=rtol, atol=rtol * 0.1)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 0.1 * float(b.abs().max()))
 
 
-def test_minus_inf_live_logits_take_autograd_for_those_rows(monkeypatch):
-    """-inf logits in the teacher (rows 0-3) or the student (row 5, where the teacher disagrees) make
-    the closed form's row not finite: those rows go through autograd, which floors log 0
-    (distiller_zoo.logit._kl); the other rows keep the closed form."""
+def fallback_rows(monkeypatch) -> list:
+    """Records the rows the dense closed form leaves to autograd, chunk by chunk."""
+    import distiller_zoo.closed_form as cf
+    bad_rows, grads_of = [], cf._dense_grads
+    monkeypatch.setattr(cf, "_dense_grads", lambda *a: (lambda r: bad_rows.append(r[2].clone()) or r)(grads_of(*a)))
+    return bad_rows
+
+
+@pytest.mark.parametrize("name", ["vanilla_kl", "skew_kl"])
+def test_minus_inf_live_logits_take_autograd_for_those_rows(monkeypatch, name):
+    """-inf logits in the teacher (rows 0-3) or the student (row 5, where the teacher disagrees).
+    Forward KL's closed form is not finite there: those rows go through autograd, which floors log 0
+    (distiller_zoo.logit._kl). Skew KL's is exact there (R = 0 where p = 0, M = a p where q = 0)."""
     hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=6)
     t_logits[:4, 2] = -math.inf            # teacher: token 2 impossible on rows 0-3
     labels[labels == 7] = 8
@@ -176,13 +195,31 @@ def test_minus_inf_live_logits_take_autograd_for_those_rows(monkeypatch):
         weight[7, 0] = 1e30                # student: hidden[:, 0] moves token 7 alone ...
         hidden[:, 0] = 0.0
         hidden[5, 0] = -1e30               # ... to -inf on row 5
-    import distiller_zoo.closed_form as cf
-    bad_rows, grads_of = [], cf._dense_kl_grads
-    monkeypatch.setattr(cf, "_dense_kl_grads", lambda *a: (lambda r: bad_rows.append(r[2].clone()) or r)(grads_of(*a)))
-    loss = build_loss("vanilla_kl", {"temperature": 1.5})
+    bad_rows = fallback_rows(monkeypatch)
+    loss = build_loss(name, {"temperature": 1.5})
     (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), [loss], [1.0], 4)
-    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == [0, 1, 2, 3, 5]
+    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == ([0, 1, 2, 3, 5] if name == "vanilla_kl" else [])
     assert torch.isfinite(s0).all() and all(torch.isfinite(g).all() for g in g0)
+    torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_skew_kl_where_both_models_underflow_at_a_token_takes_autograd_for_that_row(monkeypatch):
+    """Token 3 far below both maxima on row 6 (exp underflows to 0 in both): R = 0/0 there, so that
+    row alone goes through autograd, and the result equals autograd's."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=9)
+    labels[labels == 3] = 4
+    t_logits[6, 3] = -300.0
+    with torch.no_grad():
+        weight[:, 0] = 0.0
+        weight[3, 0] = 1.0
+        hidden[:, 0] = 0.0
+        hidden[6, 0] = -300.0
+    bad_rows = fallback_rows(monkeypatch)
+    loss = build_loss("skew_kl", {"skew_alpha": 0.3})
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), [loss], [1.0], 4)
+    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == [6]
     torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
