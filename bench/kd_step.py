@@ -57,12 +57,11 @@ SHAPES = {
 CHECK_BATCH = (4, 32, 16)
 LABEL_PADDING = 0.2  # share of the label positions that are padding (-100)
 IMPLS = ("ce", "teacher_forward", "naive", "trl", "liger", "liger_compiled", "project")
-# the project's variants timed by default: the compiled fused path, the unchunked path, the cached
-# teacher and the trainer's CE-only step with CE fused (the reference for "the cached step below the CE
-# step once CE is fused too"). Both of the last take the closed form (distiller_zoo/closed_form.py),
-# which compile_chunks does not change. --losses adds each other logit loss, compiled.
-DEFAULT_PROJECT = ('{"compile_chunks": true}', '{"chunk_size": 0}', '{"teacher_cache": {"top_k": 32}}',
-                   '{"ce_only": true}')
+# the project's variants timed by default besides "project" (the trainer's default: vanilla_kl, fused):
+# the unchunked path, the cached teacher and the trainer's CE-only step with CE fused (the reference for
+# "the cached step below the CE step once CE is fused too"). All fused ones take the closed form
+# (distiller_zoo/closed_form.py), which compile_chunks does not change. --losses adds each other logit loss.
+DEFAULT_PROJECT = ('{"chunk_size": 0}', '{"teacher_cache": {"top_k": 32}}', '{"ce_only": true}')
 CACHED = 'project[{"teacher_cache": {"top_k": 32}}]'
 FUSED_CE = 'project[{"ce_only": true}]'   # the trainer's CE-only step, CE fused
 OTHER_LOSSES = ("reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl")
@@ -331,7 +330,7 @@ def main(argv=None) -> int:
     p.add_argument("--project", action="append", default=[],
                    help='project variant as JSON distill options, e.g. \'{"chunk_size": 0}\' (repeatable; default: '
                         + " ".join(DEFAULT_PROJECT) + ")")
-    p.add_argument("--losses", default="", help=f"also time the compiled fused path with these losses "
+    p.add_argument("--losses", default="", help=f"also time the default (fused) path with these losses "
                                                 f"(comma-separated, or 'all' = {','.join(OTHER_LOSSES)})")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -350,7 +349,7 @@ def main(argv=None) -> int:
     impls = [(i, {}) for i in a.impls.split(",")]
     impls += [(f"project[{o}]", json.loads(o)) for o in a.project or DEFAULT_PROJECT]
     losses = OTHER_LOSSES if a.losses == "all" else [x for x in a.losses.split(",") if x]
-    impls += [(f"project[{json.dumps(o)}]", o) for o in ({"loss": x, "compile_chunks": True} for x in losses)]
+    impls += [(f"project[{json.dumps(o)}]", o) for o in ({"loss": x} for x in losses)]
     if "liger_compiled" in a.impls.split(","):
         impls += [(f"liger_compiled[{json.dumps({'beta': LIGER_BETA[x]})}]", {"beta": LIGER_BETA[x]})
                   for x in losses if x in LIGER_BETA]
@@ -408,7 +407,7 @@ def print_targets(rows: dict) -> None:
     """The issue's targets as ratios of this table's medians (and extra memory)."""
     med = {k: statistics.median(r["times"]) for k, r in rows.items() if "times" in r}
     mem = {k: r["extra_mb"] for k, r in rows.items() if "times" in r}
-    fused = "project"   # the trainer's default path: forward KL's closed form (compile_chunks does not change it)
+    fused = "project"   # the trainer's default path: forward KL's closed form
 
     def line(what, num, den, limit, memory=False):
         if num in med and den in med:

@@ -1,5 +1,5 @@
-"""CE, the bucketed losses of a top-K teacher and forward KL, with their gradient in closed form: no
-autograd over ``[n, V]``.
+"""CE, the bucketed losses of a top-K teacher and the losses of a live one, with their gradient in closed
+form: no autograd over ``[n, V]``.
 
 Against a sparse teacher (:class:`~distiller_zoo.teacher.SparseChunk`) every logit loss reads the
 student only through ``K + 1`` bucket log-probabilities per position (base.py): at temperature T,
@@ -24,11 +24,12 @@ The rest mass is summed over the tail only (the K entries zeroed first), so it i
 relative terms. Where it underflows (a student more than ~80 nats sure, at T), that row is
 recomputed through autograd; the same for every row when a loss keeps its own sparse formula.
 
-Against a live (dense) teacher forward KL and skew KL have one here (``_dense_grads``): every
-loss of ``log q`` has the gradient ``(g - q G) / T`` with ``g = dL/d log q``, elementwise for these
-two (``T^2 (p - q)`` and ``-T^2 (1 - a) q p / M``), so a few passes over reused exp buffers replace
-autograd. The others need signs or logs of both mixtures, which ``compile_chunks`` fuses better
-than eager passes would; they keep the autograd route.
+Against a live (dense) teacher the six built-in losses have one too (``_dense_grads``, ``_DENSE``):
+each is a function of ``log q`` with ``g = dL/d log q`` elementwise (``-T^2 p`` for forward KL,
+``T^2 (1 - b) q log(q / mix)`` for JSD, ...), so the gradient ``(g - q G) / T`` is a few per-row
+multiples of reused exp buffers and at most one product buffer per loss. A subclass of a loss (it
+may change anything), custom losses and the mixtures at their edges (beta or alpha 0 or 1) keep the
+autograd route, which ``compile_chunks`` fuses.
 """
 from __future__ import annotations
 
@@ -39,13 +40,13 @@ import torch.nn.functional as F
 
 from distiller_zoo.base import LogitLoss, upcast
 from distiller_zoo.heads import LMHead, Scratch
-from distiller_zoo.logit import SkewKL, VanillaKL
+from distiller_zoo.logit import GeneralizedJSD, ReverseKL, SkewKL, SkewReverseKL, TotalVariation, VanillaKL
 from distiller_zoo.teacher import SparseChunk
 
 
 def applies(teacher_chunk, losses: list[LogitLoss]) -> bool:
     """True for CE alone, a sparse teacher with losses that use the shared bucket formula, or a dense
-    teacher with losses of ``dense_closed`` only."""
+    teacher with built-in losses only (``dense_closed``)."""
     if teacher_chunk is None:
         return not losses
     if isinstance(teacher_chunk, torch.Tensor):
@@ -118,56 +119,67 @@ def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
 
 
 def dense_closed(loss: LogitLoss) -> bool:
-    """A live teacher's losses with a closed form: forward KL, and skew KL strictly inside its edges
-    (at 0 it is forward KL, at 1 zero; those configurations keep autograd)."""
-    return type(loss) is VanillaKL or (type(loss) is SkewKL and 0.0 < loss.skew_alpha < 1.0)
+    """A live teacher's losses with a closed form: the six built-in ones, the mixtures strictly inside
+    their edges (jsd at beta 0 / 1 and the skews at alpha 0 are forward / reverse KL, at alpha 1 zero:
+    those configurations keep autograd)."""
+    part = _DENSE.get(type(loss))
+    if part is None:
+        return False
+    mix = getattr(loss, "beta", getattr(loss, "skew_alpha", 0.5))
+    return 0.0 < mix < 1.0
+
+
+class _Temp:
+    """One temperature's view of a chunk: ``e = exp((z - m) / T)``, ``e_t`` the teacher's, their row sums
+    ``s``, ``s_t``, ``shift = (m - m_t) / T`` and, for forward and reverse KL, the cross terms
+    ``sum e_t d`` and ``sum e d`` of ``d = zt - z`` and the product ``e * d``."""
+
+    def __init__(self, t, e, e_t, shift):
+        self.t, self.e, self.e_t, self.shift = t, e, e_t, shift
+        self.s, self.s_t = e.sum(-1), e_t.sum(-1)
+        self.cross_t = self.cross_s = self.e_diff = None
 
 
 def _dense_grads(z, labels, zt, losses, w_vec, buffer):
     """As ``_logit_grads`` against dense teacher logits ``zt [n, V]`` (overwritten) with the losses of
-    ``dense_closed``. With ``p``, ``q`` the softened teacher and student and ``e``, ``e_t`` their
-    unnormalised exp buffers at T (normalisers ``S``, ``S_t``):
-
-    - ``T^2 KL(p || q)``: the gradient ``T (q - p)``, the value from the cross term ``sum e_t (zt - z)``;
-    - skew KL (``_skew_kl``).
-
-    Rows whose values are not finite (``-inf`` logits, an underflow of both models at one token)
-    are left to autograd, which handles them (distiller_zoo.logit._kl), with the teacher's logits
-    rebuilt from ``e_t``."""
+    ``dense_closed``: each loss's ``_DENSE`` part gives its value and its gradient as per-row
+    multiples of the exp buffers and of products of its own. Rows whose values are not finite
+    (``-inf`` logits where a loss is infinite, an underflow of both models at one token) are left
+    to autograd (distiller_zoo.logit._kl floors them), with the teacher's logits rebuilt from ``e_t``."""
     n, v = z.shape
     zt = zt.to(z.dtype)
     m, m_t = z.amax(-1, keepdim=True), zt.amax(-1, keepdim=True)
     z_label = z.gather(-1, labels[:, None])[:, 0]
     temps = {loss.temperature for loss in losses}
     e_t = {t: torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_() for t in temps}
-    teacher = {t: (e, e.sum(-1)) for t, e in e_t.items()}
-    forward = {loss.temperature for loss in losses if type(loss) is VanillaKL}
-    diff = zt.sub_(z) if forward else zt   # the teacher's logits are not needed any more
-    cross = {t: _row_dot(e_t[t], diff) for t in forward}
-    stats = {t: (e, e.sum(-1)) for t, e in _exps(z, m, temps, buffer).items()}
-    e1, s1 = stats[1.0]
-    rows, bad = [m[:, 0] + s1.log() - z_label], torch.zeros(n, dtype=torch.bool, device=z.device)
-    coef = {t: 0.0 for t in stats}, {t: 0.0 for t in forward}   # per row, of e and of e_t in dz
-    products = []                                               # (tensor, per-row coefficient) in dz
+    kl = {loss.temperature: type(loss) for loss in losses if type(loss) in (VanillaKL, ReverseKL)}
+    diff = zt.sub_(z) if kl else zt   # the teacher's logits are not needed any more
+    at = {t: _Temp(t, e, e_t[t], (m - m_t)[:, 0] / t) for t, e in _exps(z, m, temps, buffer).items() if t in temps}
+    for loss in losses:   # the terms of d = zt - z, before its buffer becomes scratch space
+        c = at[loss.temperature]
+        if type(loss) is VanillaKL and c.cross_t is None:
+            c.cross_t = _row_dot(c.e_t, diff)
+        if type(loss) is ReverseKL and c.e_diff is None:
+            c.e_diff = torch.mul(c.e, diff, out=buffer(("e_diff", c.t), n, v, z))
+            c.cross_s = c.e_diff.sum(-1)
+    e1 = z
+    s1 = at[1.0].s if 1.0 in at else e1.sum(-1)
+    rows, products = [m[:, 0] + s1.log() - z_label], []
+    coef_e, coef_t = {}, {}   # per temperature and row, of e and of e_t in dz
     for i, (w, loss) in enumerate(zip(w_vec[1:], losses)):
-        t, (e, s), (et, st) = loss.temperature, stats[loss.temperature], teacher[loss.temperature]
-        if type(loss) is VanillaKL:   # + w T (q - p)
-            rows.append(t * t * (cross[t] / (t * st) + (m - m_t)[:, 0] / t + s.log() - st.log()))
-            coef[0][t], coef[1][t] = coef[0][t] + w * t / s, coef[1][t] - w * t / st
-            continue
-        value, qr, prod = _skew_kl(e, s, et, st, loss.skew_alpha, buffer(("skew", i), n, v, z), diff)
-        k, a = w * t * (1 - loss.skew_alpha), loss.skew_alpha
-        rows.append(t * t * value)
-        coef[0][t] = coef[0][t] + k * qr / (a * s)
-        products.append((prod, -k / (a * s)))
-        bad |= ~qr.isfinite()
-    bad |= ~torch.stack(rows).isfinite().all(0)
-    dz = e1.mul_((w_vec[0] / s1 + coef[0][1.0])[:, None])
-    for t, c in coef[0].items():
-        if t != 1.0 and torch.is_tensor(c):
-            dz.addcmul_(stats[t][0], c[:, None])
-    for t, c in coef[1].items():
-        dz.addcmul_(e_t[t], c[:, None])
+        out = lambda i=i: buffer(("part", i), n, v, z)  # noqa: E731  (a loss's own [n, V] buffer, if it needs one)
+        value, ce, ct, prods = _DENSE[type(loss)](loss, at[loss.temperature], out, diff)
+        rows.append(value)
+        for coef, c in ((coef_e, ce), (coef_t, ct)):
+            if c is not None:
+                coef[loss.temperature] = coef.get(loss.temperature, 0.0) + w * c
+        products += [(p, w * c) for p, c in prods]
+    bad = ~torch.stack(rows + list(coef_e.values())).isfinite().all(0)
+    dz = e1.mul_((w_vec[0] / s1 + coef_e.pop(1.0, 0.0))[:, None])
+    for t, c in coef_e.items():
+        dz.addcmul_(at[t].e, c[:, None])
+    for t, c in coef_t.items():
+        dz.addcmul_(at[t].e_t, c[:, None])
     for prod, c in products:
         dz.addcmul_(prod, c[:, None])
     t0 = next(iter(e_t))
@@ -175,25 +187,89 @@ def _dense_grads(z, labels, zt, losses, w_vec, buffer):
     return _minus_onehot(dz, labels, w_vec[0]), _good_sums(rows, bad), bad, teacher_rows
 
 
-def _skew_kl(e, s, e_t, s_t, a, out, scratch):
-    """Skew KL ``KL(p || M)``, ``M = a p + (1 - a) q``, at one temperature, without its ``T^2``.
+# The dense parts: ``(loss, c: _Temp, out, scratch) -> (value [n], coefficient of c.e, of c.e_t,
+# [(product [n, V], coefficient)])``, the gradient w.r.t. the logits being the sum of those per-row
+# multiples. Every loss here is a function of ``log q``, so with ``g = dL/d log q`` that gradient
+# is ``(g - q G) / T``, ``G = sum g``: per-row constants in ``g / q`` cancel. ``out()`` gives the
+# loss's own reused ``[n, V]`` buffer; ``scratch`` is free space of the same shape.
 
-    Its gradient w.r.t. ``log q_j`` is ``-T^2 (1 - a) q_j R_j`` with ``R = p / M``, so (as for every
-    loss of ``log q``) the one w.r.t. ``z_j`` is ``T (1 - a) q_j (sum_k q_k R_k - R_j)``. In the exp
-    buffers ``R' = a R = e_t / (e_t + c e)``, ``c = (1 - a) S_t / (a S)``: one pass for the
-    denominator, one for the division, one ``xlogy`` for the value ``sum_j p_j log R'_j - log a``.
 
-    Returns ``(value [n], sum_j q_j R'_j [n], e * R' [n, V] written over out)``; ``scratch`` takes
-    the ``xlogy``. Where both models underflow at a token, ``R'`` is 0/0: NaN, and the row not finite."""
-    r = torch.addcmul(e_t, e, ((1 - a) * s_t / (a * s))[:, None], out=out)
-    r = torch.div(e_t, r, out=r)
-    value = torch.xlogy(e_t, r, out=scratch).sum(-1) / s_t - math.log(a)
-    return value, _row_dot(e, r) / s, r.mul_(e)
+def _forward_kl(loss, c, out, scratch):
+    """``T^2 KL(p || q)``: ``g / q = -T^2 p / q``, the gradient ``T (q - p)``; the value from ``sum e_t d``."""
+    t = loss.temperature
+    value = t * t * (c.cross_t / (t * c.s_t) + c.shift + c.s.log() - c.s_t.log())
+    return value, t / c.s, -t / c.s_t, []
+
+
+def _reverse_kl(loss, c, out, scratch):
+    """``T^2 KL(q || p)``: ``g / q = T^2 (log q - log p + 1)``, with ``log q_j - log p_j = -d_j / T`` + a
+    per-row constant; the gradient ``T q (log(q / p) - KL)`` = ``(sum e d / S^2) e - e d / S``."""
+    t = loss.temperature
+    value = t * t * (-c.cross_s / (t * c.s) - c.shift - c.s.log() + c.s_t.log())
+    return value, c.cross_s / (c.s * c.s), None, [(c.e_diff, -1 / c.s)]
+
+
+def _tvd(loss, c, out, scratch):
+    """``1/2 sum |p - q|``: ``g = q sign(q - p) / 2``; the value an L1 norm of ``u = q - p``, not held twice."""
+    u = torch.mul(c.e, (1 / c.s)[:, None], out=out()).addcmul_(c.e_t, (-1 / c.s_t)[:, None])
+    value = 0.5 * torch.linalg.vector_norm(u, 1, -1)
+    prod = u.sign_().mul_(c.e)                    # e sign(q - p)
+    k = 0.5 / (loss.temperature * c.s)
+    return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
+
+
+def _jsd(loss, c, out, scratch):
+    """GKD's JSD, ``mix = b p + (1 - b) q``: ``dL/dq = T^2 (1 - b) log(q / mix)``. With
+    ``D = e + k e_t``, ``k = b S / ((1 - b) S_t)``: ``q / mix = (e / D) / (1 - b)`` and
+    ``p / mix = (e_t / D) k / b``; two divisions and two ``xlogy`` passes."""
+    t, b = loss.temperature, loss.beta
+    k = b * c.s / ((1 - b) * c.s_t)
+    d = torch.addcmul(c.e, c.e_t, k[:, None], out=out())
+    p_log = torch.xlogy(c.e_t, torch.div(c.e_t, d, out=scratch), out=scratch).sum(-1) / c.s_t + (k / b).log()
+    prod = torch.xlogy(c.e, torch.div(c.e, d, out=d), out=d)   # e log(e / D)
+    q_log = prod.sum(-1) / c.s                                  # sum q log(e / D)
+    value = t * t * (b * p_log + (1 - b) * (q_log - math.log1p(-b)))
+    k_g = t * (1 - b) / c.s
+    return value, -k_g * q_log, None, [(prod, k_g)]
+
+
+def _skew_kl(loss, c, out, scratch):
+    """``T^2 KL(p || M)``, ``M = a p + (1 - a) q``: ``g / q = -T^2 (1 - a) R``, ``R = p / M``, so the
+    gradient is ``T (1 - a) q (sum q R - R)``. ``R' = a R = e_t / (e_t + k e)``,
+    ``k = (1 - a) S_t / (a S)``: one pass for the denominator, one division, one ``xlogy`` for the
+    value ``sum p log R' - log a``. Where both models underflow at a token ``R'`` is 0/0: NaN."""
+    t, a = loss.temperature, loss.skew_alpha
+    r = torch.addcmul(c.e_t, c.e, ((1 - a) * c.s_t / (a * c.s))[:, None], out=out())
+    r = torch.div(c.e_t, r, out=r)
+    value = t * t * (torch.xlogy(c.e_t, r, out=scratch).sum(-1) / c.s_t - math.log(a))
+    k = t * (1 - a) / (a * c.s)
+    prod = r.mul_(c.e)                             # e R'
+    return value, k * prod.sum(-1) / c.s, None, [(prod, -k)]
+
+
+def _skew_reverse_kl(loss, c, out, scratch):
+    """``T^2 KL(q || M)``, ``M = a q + (1 - a) p``: ``g / q = T^2 (log(q / M) + 1 - a q / M)``. With
+    ``r = a q / M = e / (e + k e_t)``, ``k = (1 - a) S / (a S_t)``: the gradient
+    ``T q (L - sum q L)``, ``L = log r - r``, and the value ``sum q log r - log a``."""
+    t, a = loss.temperature, loss.skew_alpha
+    r = torch.addcmul(c.e, c.e_t, ((1 - a) * c.s / (a * c.s_t))[:, None], out=out())
+    r = torch.div(c.e, r, out=r)
+    e_log = torch.xlogy(c.e, r, out=scratch)
+    value = t * t * (e_log.sum(-1) / c.s - math.log(a))
+    prod = torch.addcmul(e_log, c.e, r, value=-1.0, out=r)   # e (log r - r)
+    k = t / c.s
+    return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
+
+
+_DENSE = {VanillaKL: _forward_kl, ReverseKL: _reverse_kl, TotalVariation: _tvd, GeneralizedJSD: _jsd,
+          SkewKL: _skew_kl, SkewReverseKL: _skew_reverse_kl}
 
 
 def _row_dot(a, b) -> torch.Tensor:
-    """``[n]``: ``sum_j a_ij b_ij`` without an ``[n, V]`` product (NaN where ``a`` is 0 and ``b`` infinite)."""
-    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+    """``[n]``: ``sum_j a_ij b_ij`` without an ``[n, V]`` product (NaN where ``a`` is 0 and ``b`` infinite);
+    in the inputs' dtype (autocast would make this ``bmm`` bf16: a cross term of a KL in 3 digits)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 
 def _exps(z, m, temps, buffer) -> dict:

@@ -75,7 +75,7 @@ class _FusedChunks(torch.autograd.Function):
             t_chunk = None if teacher is None or not losses else teacher.chunk(start, end)   # CE alone: unread
             args = (need_b, hidden[start:end].detach(), weight.detach(), None if bias is None else bias.detach(),
                     labels[start:end], t_chunk, losses, w_vec)
-            # CE alone, a cached teacher or forward KL alone: no autograd over [n, V]
+            # CE alone, a cached teacher, the built-in losses of a live one: no autograd over [n, V]
             grads, terms = (closed if closed_form.applies(t_chunk, losses) else chunk_grads)(*args)
             grad_h[start:end] = grads[0]
             grad_w += grads[1]

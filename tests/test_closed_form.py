@@ -100,7 +100,7 @@ def test_a_student_sure_beyond_float32_range_takes_autograd_for_those_rows(name,
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
-def test_losses_with_their_own_sparse_formula_keep_autograd():
+def test_which_losses_take_the_closed_form():
     chunk = Sparse(torch.randn(3, 9), 3, [1.0]).chunk(0, 3)
     assert not applies(chunk, [build_loss("uld", {})])                     # it refuses a sparse teacher
 
@@ -109,11 +109,12 @@ def test_losses_with_their_own_sparse_formula_keep_autograd():
             return super().sparse_token_losses(student_logits, teacher).clamp(max=1.0)
     assert not applies(chunk, [Capped()])
     assert applies(chunk, [build_loss("vanilla_kl", {}), build_loss("tvd", {})])
-    dense = torch.randn(3, 9)   # a live teacher: forward KL and skew KL have a closed form, the others keep autograd
-    assert applies(dense, [build_loss("vanilla_kl", {}), build_loss("skew_kl", {"temperature": 2.0})])
-    assert not applies(dense, [build_loss("vanilla_kl", {}), build_loss("tvd", {})])
-    for edge in (0.0, 1.0):   # forward KL and zero: not worth a route of their own
-        assert not applies(dense, [build_loss("skew_kl", {"skew_alpha": edge})])
+    dense = torch.randn(3, 9)   # a live teacher: the six built-in losses, not a subclass (it may change anything)
+    assert applies(dense, [build_loss(name, {"temperature": 2.0}) for name in SPARSE])
+    assert not applies(dense, [build_loss("vanilla_kl", {}), Capped()])
+    for name, opt in [("jsd", "beta"), ("skew_kl", "skew_alpha"), ("skew_reverse_kl", "skew_alpha")]:
+        for edge in (0.0, 1.0):   # forward / reverse KL or zero: not worth a route of their own
+            assert not applies(dense, [build_loss(name, {opt: edge})])
     assert not applies(dense, [])
 
 
@@ -130,14 +131,15 @@ def test_minus_inf_teacher_ids_and_tail_stay_finite():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
-def test_under_bf16_autocast_it_matches_autograd_under_the_same_autocast():
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_under_bf16_autocast_it_matches_autograd_under_the_same_autocast(kind):
     """The trainer runs the objective inside ``torch.autocast``: the head's matmuls in bf16, the
-    softmax math in float32 on both routes."""
+    softmax math in float32 on both routes (a live teacher's chunks arrive in bf16)."""
     hidden, weight, bias, labels, t_logits = problem(torch.float32, n=40, d=16, v=50, seed=4)
-    teacher = Sparse(t_logits, 8, [1.0, 2.0])
-    losses = [build_loss("vanilla_kl", {"temperature": 2.0}), build_loss("reverse_kl", {})]
+    teacher = Sparse(t_logits, 8, [1.0, 2.0]) if kind == "sparse" else Dense(t_logits.bfloat16())
+    losses = [build_loss("vanilla_kl", {"temperature": 2.0}), build_loss("reverse_kl", {}), build_loss("jsd", {})]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, losses, [0.5, 0.5], 16)
+        (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, teacher, losses, [0.5, 0.5, 0.3], 16)
     assert s0.dtype == torch.float32 and all(a.dtype == torch.float32 for a in g0)
     torch.testing.assert_close(s0, s1, rtol=1e-4, atol=1e-4)
     for a, b in zip(g0, g1):
@@ -155,19 +157,19 @@ class Dense:
         return self.logits[a:b].clone()   # the loss may write over it, as over DenseTargets' chunks
 
 
-DENSE_MIX = [("vanilla_kl", {"temperature": 1.0}), ("skew_kl", {"skew_alpha": 0.1}),
-             ("vanilla_kl", {"temperature": 2.0}), ("skew_kl", {"skew_alpha": 0.6, "temperature": 2.0}),
-             ("vanilla_kl", {"temperature": 2.0})]
+ALL_TWICE = [(name, dict(OPTS.get(name, {}), temperature=t)) for name in SPARSE for t in (1.0, 2.0)]
 
 
-@pytest.mark.parametrize("mix", [DENSE_MIX, DENSE_MIX[1:2], DENSE_MIX[3:4]], ids=["mixed", "skew-T1", "skew-T2"])
+@pytest.mark.parametrize("mix", [[m] for m in ALL_TWICE] + [ALL_TWICE, ALL_TWICE[::-1]],
+                         ids=[f"{n}-T{o['temperature']:g}" for n, o in ALL_TWICE] + ["all", "all-reversed"])
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
-def test_forward_and_skew_kl_against_a_live_teacher_equal_autograd(dtype, rtol, mix):
-    """Alone and together, at two temperatures (two exp buffers each), two of the same loss at one."""
+def test_every_loss_against_a_live_teacher_equals_autograd(dtype, rtol, mix):
+    """Each of the six alone at T = 1 and T = 2, and all twelve together in both orders (two exp
+    buffers, losses sharing a temperature's cross terms and the scratch buffer)."""
     hidden, weight, bias, labels, t_logits = problem(dtype, seed=5)
     losses = [build_loss(name, opts) for name, opts in mix]
     assert applies(t_logits, losses)
-    weights = [0.3, 0.5, 0.2, 0.7, 0.4][:len(losses)]
+    weights = [0.3 + 0.1 * i for i in range(len(losses))]
     (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits.to(dtype)), losses, weights, 4)
     torch.testing.assert_close(s0, s1, rtol=rtol, atol=rtol * 0.1)
     for a, b in zip(g0, g1):
@@ -182,11 +184,11 @@ def fallback_rows(monkeypatch) -> list:
     return bad_rows
 
 
-@pytest.mark.parametrize("name", ["vanilla_kl", "skew_kl"])
+@pytest.mark.parametrize("name", SPARSE)
 def test_minus_inf_live_logits_take_autograd_for_those_rows(monkeypatch, name):
     """-inf logits in the teacher (rows 0-3) or the student (row 5, where the teacher disagrees).
-    Forward KL's closed form is not finite there: those rows go through autograd, which floors log 0
-    (distiller_zoo.logit._kl). Skew KL's is exact there (R = 0 where p = 0, M = a p where q = 0)."""
+    Forward and reverse KL are infinite there: those rows go through autograd, which floors log 0
+    (distiller_zoo.logit._kl). The mixtures and TVD are finite, and their closed forms exact there."""
     hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=6)
     t_logits[:4, 2] = -math.inf            # teacher: token 2 impossible on rows 0-3
     labels[labels == 7] = 8
@@ -196,18 +198,20 @@ def test_minus_inf_live_logits_take_autograd_for_those_rows(monkeypatch, name):
         hidden[:, 0] = 0.0
         hidden[5, 0] = -1e30               # ... to -inf on row 5
     bad_rows = fallback_rows(monkeypatch)
-    loss = build_loss(name, {"temperature": 1.5})
+    loss = build_loss(name, dict(OPTS.get(name, {}), temperature=1.5))
     (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), [loss], [1.0], 4)
-    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == ([0, 1, 2, 3, 5] if name == "vanilla_kl" else [])
+    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == ([0, 1, 2, 3, 5] if name in ("vanilla_kl", "reverse_kl")
+                                                            else [])
     assert torch.isfinite(s0).all() and all(torch.isfinite(g).all() for g in g0)
     torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
-def test_skew_kl_where_both_models_underflow_at_a_token_takes_autograd_for_that_row(monkeypatch):
-    """Token 3 far below both maxima on row 6 (exp underflows to 0 in both): R = 0/0 there, so that
-    row alone goes through autograd, and the result equals autograd's."""
+@pytest.mark.parametrize("name", SPARSE)
+def test_where_both_models_underflow_at_a_token_the_mixtures_take_autograd_for_that_row(monkeypatch, name):
+    """Token 3 far below both maxima on row 6 (exp underflows to 0 in both): the mixtures' ratios are
+    0/0 there, so that row alone goes through autograd; the others need no ratio. All equal autograd."""
     hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=9)
     labels[labels == 3] = 4
     t_logits[6, 3] = -300.0
@@ -217,9 +221,9 @@ def test_skew_kl_where_both_models_underflow_at_a_token_takes_autograd_for_that_
         hidden[:, 0] = 0.0
         hidden[6, 0] = -300.0
     bad_rows = fallback_rows(monkeypatch)
-    loss = build_loss("skew_kl", {"skew_alpha": 0.3})
+    loss = build_loss(name, OPTS.get(name, {}))
     (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), [loss], [1.0], 4)
-    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == [6]
+    assert torch.cat(bad_rows).nonzero()[:, 0].tolist() == ([6] if name in ("jsd", "skew_kl", "skew_reverse_kl") else [])
     torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
