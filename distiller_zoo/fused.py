@@ -93,8 +93,17 @@ class _FusedChunks(torch.autograd.Function):
         return grad_h * grad_total, grad_w * grad_total, grad_b, None, None, None, None, None, None
 
 
+CHUNK_LOGITS = 256 * 32_128   # the default chunk's [positions, V] size: 256 positions at T5's vocabulary
+
+
+def positions_per_chunk(chunk_size: int | None, vocab: int) -> int:
+    """``chunk_size`` as configured; None: 256 positions, more below T5's vocabulary (buffers of the same
+    ~33 MB, fewer and larger matmuls: at V = 2,000 that is 4,112 positions, one chunk for most batches)."""
+    return max(256, CHUNK_LOGITS // vocab) if chunk_size is None else chunk_size
+
+
 def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tensor, teacher,
-                          ce_weight: float, losses: list[LogitLoss], weights: list[float], chunk_size: int,
+                          ce_weight: float, losses: list[LogitLoss], weights: list[float], chunk_size: int | None,
                           compile: bool = False):
     """``(ce_weight * CE + sum_i weights_i * loss_i, [CE, loss_1, ...])``, all sums over N positions.
 
@@ -103,6 +112,7 @@ def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tens
     Losses with weight 0 should not be passed: they would cost a full pass for nothing.
     ``compile``: run each chunk's loss and gradient through ``torch.compile`` (same values)."""
     all_weights = [float(ce_weight), *map(float, weights)]
+    chunk_size = positions_per_chunk(chunk_size, head.weight.shape[0])
     if chunk_size <= 0:   # the plain path: full [N, V] logits, ordinary autograd
         terms = chunk_terms(head(hidden), labels, None if teacher is None else teacher.chunk(0, hidden.shape[0]),
                             losses)

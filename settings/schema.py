@@ -408,19 +408,22 @@ class DistillConfig:
     pseudo_labels: Optional[PseudoLabelConfig] = doc(
         "Train on the teacher's generated outputs (sequence-level KD), e.g. {num_beams: 4}; combines with the "
         "logit losses, which then compare the distributions on those targets. null: the references only.", None)
-    chunk_size: int = doc("Target positions per chunk of the fused loss: CE and the logit losses run chunk by "
-                          "chunk from the decoder states, never holding [batch, length, vocab] logits (also the "
-                          "teacher's CE in train_teacher). 0 = the unchunked path with full logits.", 256)
-    compile_chunks: bool = doc("torch.compile each chunk's loss and gradient (fused path): the elementwise work "
-                               "over the [chunk, vocab] logits fuses, ~1.5x faster loss math for a one-off compile "
-                               "of ~15 s; worth it for long runs with a live teacher and a loss other than "
-                               "vanilla_kl (a cached teacher, CE alone and vanilla_kl alone take a closed form "
-                               "without it). Needs a C++ compiler on CPU, Triton on GPU.", False)
+    chunk_size: Optional[int] = doc("Target positions per chunk of the fused loss: CE and the logit losses run "
+                                    "chunk by chunk from the decoder states, never holding [batch, length, vocab] "
+                                    "logits (also the teacher's CE in train_teacher). null: 256, or more below "
+                                    "32,128 vocabulary entries (256 x 32,128 logits per chunk). 0 = the unchunked "
+                                    "path with full logits.", None)
+    compile_chunks: bool = doc("torch.compile each chunk's loss and gradient where the fused path uses "
+                               "autograd: a teacher of another tokenizer, uld, a custom or subclassed loss, "
+                               "jsd/skew losses at beta/alpha 0 or 1 (CE, a cached teacher and the built-in "
+                               "losses of a live teacher take a closed form without it). ~1.5x faster loss "
+                               "math there for a one-off compile of ~15 s. Needs a C++ compiler on CPU, "
+                               "Triton on GPU.", False)
     teacher_cache: Optional[TeacherCacheConfig] = doc("Distill from a cached top-K teacher instead of running it "
                                                       "every step, e.g. {top_k: 32}; logit losses only.", None)
 
     def __post_init__(self):
-        if self.chunk_size < 0:
+        if self.chunk_size is not None and self.chunk_size < 0:
             raise ValueError(f"chunk_size: must be >= 0 (0 = unchunked), got {self.chunk_size}")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight: must be >= 0, got {self.ce_weight}")

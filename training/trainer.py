@@ -64,7 +64,7 @@ class TrainJob:
     generation: BenchmarkConfig     # decoding for generation metrics during validation
     objective: Objective | None = None
     teacher: object | None = None   # a teacher source (distiller_zoo.teacher), or a bare model (run live)
-    chunk_size: int = 256           # target positions per chunk of the fused loss; 0 = full logits
+    chunk_size: int | None = None   # target positions per chunk of the fused loss; 0 = full logits, None = by V
     compile_chunks: bool = False    # torch.compile each chunk's loss and gradient
 
     @property
