@@ -141,13 +141,25 @@ def _diff_terms(at: dict, forward: set, reverse: set, diff, buffer) -> None:
     """The terms of ``d = zt - z`` that forward and reverse KL read, once per temperature: ``sum e_t d``,
     and ``e d`` with its sum. Summed by ``torch.sum`` (a ``bmm`` dot product accumulates with ~1e-5
     relative error over 32,128 entries); the last product is written over ``d``, which is not read after."""
-    for t in reverse:
-        c = at[t]
-        c.e_diff = torch.mul(c.e, diff, out=buffer(("e_diff", t), *diff.shape, diff))
-        c.cross_s = c.e_diff.sum(-1)
-    for i, t in enumerate(sorted(forward)):
-        out = diff if i == len(forward) - 1 else buffer("cross", *diff.shape, diff)
-        at[t].cross_t = torch.mul(at[t].e_t, diff, out=out).sum(-1)
+    jobs = [(ReverseKL, t) for t in sorted(reverse)] + [(VanillaKL, t) for t in sorted(forward)]
+    for i, (kind, t) in enumerate(jobs):
+        key = ("e_diff", t) if kind is ReverseKL else "cross"   # a product to keep, or a temporary
+        c, out = at[t], diff if i == len(jobs) - 1 else buffer(key, *diff.shape, diff)
+        if kind is ReverseKL:
+            c.e_diff = torch.mul(c.e, diff, out=out)
+            c.cross_s = c.e_diff.sum(-1)
+        else:
+            c.cross_t = torch.mul(c.e_t, diff, out=out).sum(-1)
+
+
+def _block_sums(block, n: int, tmp) -> torch.Tensor:
+    """``[n]``: the row sums of ``block(a, b, out)``, an ``[b - a, V]`` tensor written in ``out``, over
+    blocks of the rows of ``tmp`` (a small reused buffer: a value needs no ``[n, V]`` temporary)."""
+    sums = tmp.new_empty(n)
+    for a in range(0, n, tmp.shape[0]):
+        b = min(a + tmp.shape[0], n)
+        sums[a:b] = block(a, b, tmp[:b - a]).sum(-1)
+    return sums
 
 
 def _dense_grads(z, labels, zt, losses, w_vec, buffer):
@@ -161,18 +173,22 @@ def _dense_grads(z, labels, zt, losses, w_vec, buffer):
     m, m_t = z.amax(-1, keepdim=True), zt.amax(-1, keepdim=True)
     z_label = z.gather(-1, labels[:, None])[:, 0]
     temps = {loss.temperature for loss in losses}
-    e_t = {t: torch.add(m_t / -t, zt, alpha=1 / t, out=buffer(("teacher", t), n, v, z)).exp_() for t in temps}
     forward, reverse = ({loss.temperature for loss in losses if type(loss) is kind} for kind in (VanillaKL, ReverseKL))
-    diff = zt.sub_(z) if forward or reverse else zt   # the teacher's logits are not needed any more
+    own = len(temps) == 1 and not (forward or reverse)   # zt is read by nothing else: its exp goes over it
+    e_t = {t: torch.add(m_t / -t, zt, alpha=1 / t, out=zt if own else buffer(("teacher", t), n, v, z)).exp_()
+           for t in temps}
+    if forward or reverse:
+        zt.sub_(z)   # d = zt - z: the teacher's logits are not needed any more
     at = {t: _Temp(e, e_t[t], (m - m_t)[:, 0] / t) for t, e in _exps(z, m, temps, buffer).items() if t in temps}
-    _diff_terms(at, forward, reverse, diff, buffer)   # after this d's buffer is the parts' scratch space
+    _diff_terms(at, forward, reverse, zt, buffer)
+    tmp = buffer("rows", min(n, 32), v, z)   # the parts' scratch: 32 rows
     e1 = z   # exp(z - m), in place (_exps)
     s1 = at[1.0].s if 1.0 in at else e1.sum(-1)
     rows, products = [m[:, 0] + s1.log() - z_label], []
     coef_e, coef_t = {}, {}   # per temperature and row, of e and of e_t in dz
     for i, (w, loss) in enumerate(zip(w_vec[1:], losses)):
         out = lambda i=i: buffer(("part", i), n, v, z)  # noqa: E731  (a loss's own [n, V] buffer, if it needs one)
-        value, ce, ct, prods = _DENSE[type(loss)](loss, at[loss.temperature], out, diff)
+        value, ce, ct, prods = _DENSE[type(loss)](loss, at[loss.temperature], out, tmp)
         rows.append(value)
         for coef, c in ((coef_e, ce), (coef_t, ct)):
             if c is not None:
@@ -191,21 +207,21 @@ def _dense_grads(z, labels, zt, losses, w_vec, buffer):
     return _minus_onehot(dz, labels, w_vec[0]), _good_sums(rows, bad), bad, teacher_rows
 
 
-# The dense parts: ``(loss, c: _Temp, out, scratch) -> (value [n], coefficient of c.e, of c.e_t,
+# The dense parts: ``(loss, c: _Temp, out, tmp) -> (value [n], coefficient of c.e, of c.e_t,
 # [(product [n, V], coefficient)])``, the gradient w.r.t. the logits being the sum of those per-row
 # multiples. Every loss here is a function of ``log q``, so with ``g = dL/d log q`` that gradient
 # is ``(g - q G) / T``, ``G = sum g``: per-row constants in ``g / q`` cancel. ``out()`` gives the
-# loss's own reused ``[n, V]`` buffer; ``scratch`` is free space of the same shape.
+# loss's own reused ``[n, V]`` buffer; ``tmp`` is a few rows of scratch space (``_block_sums``).
 
 
-def _forward_kl(loss, c, out, scratch):
+def _forward_kl(loss, c, out, tmp):
     """``T^2 KL(p || q)``: ``g / q = -T^2 p / q``, the gradient ``T (q - p)``; the value from ``sum e_t d``."""
     t = loss.temperature
     value = t * t * (c.cross_t / (t * c.s_t) + c.shift + c.s.log() - c.s_t.log())
     return value, t / c.s, -t / c.s_t, []
 
 
-def _reverse_kl(loss, c, out, scratch):
+def _reverse_kl(loss, c, out, tmp):
     """``T^2 KL(q || p)``: ``g / q = T^2 (log q - log p + 1)``, with ``log q_j - log p_j = -d_j / T`` + a
     per-row constant; the gradient ``T q (log(q / p) - KL)`` = ``(sum e d / S^2) e - e d / S``."""
     t = loss.temperature
@@ -213,23 +229,24 @@ def _reverse_kl(loss, c, out, scratch):
     return value, c.cross_s / (c.s * c.s), None, [(c.e_diff, -1 / c.s)]
 
 
-def _tvd(loss, c, out, scratch):
+def _tvd(loss, c, out, tmp):
     """``1/2 sum |p - q|``: ``g = q sign(q - p) / 2``, with ``u = q - p`` in ``out``."""
     u = torch.mul(c.e, (1 / c.s)[:, None], out=out()).addcmul_(c.e_t, (-1 / c.s_t)[:, None])
-    value = 0.5 * torch.abs(u, out=scratch).sum(-1)
+    value = 0.5 * _block_sums(lambda a, b, o: torch.abs(u[a:b], out=o), len(u), tmp)
     prod = u.sign_().mul_(c.e)                    # e sign(q - p)
     k = 0.5 / (loss.temperature * c.s)
     return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
 
 
-def _jsd(loss, c, out, scratch):
+def _jsd(loss, c, out, tmp):
     """GKD's JSD, ``mix = b p + (1 - b) q``: ``dL/dq = T^2 (1 - b) log(q / mix)``. With
     ``D = e + k e_t``, ``k = b S / ((1 - b) S_t)``: ``q / mix = (e / D) / (1 - b)`` and
     ``p / mix = (e_t / D) k / b``; two divisions and two ``xlogy`` passes."""
     t, b = loss.temperature, loss.beta
     k = b * c.s / ((1 - b) * c.s_t)
     d = torch.addcmul(c.e, c.e_t, k[:, None], out=out())
-    p_log = torch.xlogy(c.e_t, torch.div(c.e_t, d, out=scratch), out=scratch).sum(-1) / c.s_t + (k / b).log()
+    p_log = _block_sums(lambda i, j, o: torch.xlogy(c.e_t[i:j], torch.div(c.e_t[i:j], d[i:j], out=o), out=o),
+                        len(d), tmp) / c.s_t + (k / b).log()
     prod = torch.xlogy(c.e, torch.div(c.e, d, out=d), out=d)   # e log(e / D)
     q_log = prod.sum(-1) / c.s                                  # sum q log(e / D)
     value = t * t * (b * p_log + (1 - b) * (q_log - math.log1p(-b)))
@@ -237,7 +254,7 @@ def _jsd(loss, c, out, scratch):
     return value, -k_g * q_log, None, [(prod, k_g)]
 
 
-def _skew_kl(loss, c, out, scratch):
+def _skew_kl(loss, c, out, tmp):
     """``T^2 KL(p || M)``, ``M = a p + (1 - a) q``: ``g / q = -T^2 (1 - a) R``, ``R = p / M``, so the
     gradient is ``T (1 - a) q (sum q R - R)``. ``R' = a R = e_t / (e_t + k e)``,
     ``k = (1 - a) S_t / (a S)``: one pass for the denominator, one division, one ``xlogy`` for the
@@ -245,23 +262,26 @@ def _skew_kl(loss, c, out, scratch):
     t, a = loss.temperature, loss.skew_alpha
     r = torch.addcmul(c.e_t, c.e, ((1 - a) * c.s_t / (a * c.s))[:, None], out=out())
     r = torch.div(c.e_t, r, out=r)
-    value = t * t * (torch.xlogy(c.e_t, r, out=scratch).sum(-1) / c.s_t - math.log(a))
+    value = t * t * (_block_sums(lambda i, j, o: torch.xlogy(c.e_t[i:j], r[i:j], out=o), len(r), tmp) / c.s_t
+                     - math.log(a))
     k = t * (1 - a) / (a * c.s)
     prod = r.mul_(c.e)                             # e R'
     return value, k * prod.sum(-1) / c.s, None, [(prod, -k)]
 
 
-def _skew_reverse_kl(loss, c, out, scratch):
+def _skew_reverse_kl(loss, c, out, tmp):
     """``T^2 KL(q || M)``, ``M = a q + (1 - a) p``: ``g / q = T^2 (log(q / M) + 1 - a q / M)``. With
     ``r = a q / M = e / (e + k e_t)``, ``k = (1 - a) S / (a S_t)``: the gradient
-    ``T q (L - sum q L)``, ``L = log r - r``, and the value ``sum q log r - log a``."""
+    ``T q (L - sum q L)``, ``L = log r - r = log(r exp(-r))``, and the value ``sum q log r - log a``."""
     t, a = loss.temperature, loss.skew_alpha
     r = torch.addcmul(c.e, c.e_t, ((1 - a) * c.s / (a * c.s_t))[:, None], out=out())
     r = torch.div(c.e, r, out=r)
-    e_log = torch.xlogy(c.e, r, out=scratch)
-    value = t * t * (e_log.sum(-1) / c.s - math.log(a))
-    prod = torch.addcmul(e_log, c.e, r, value=-1.0, out=r)   # e (log r - r)
-    k = t / c.s
+    value = t * t * (_block_sums(lambda i, j, o: torch.xlogy(c.e[i:j], r[i:j], out=o), len(r), tmp) / c.s
+                     - math.log(a))
+    for i in range(0, len(r), len(tmp)):          # r exp(-r), through tmp
+        r_i = r[i:i + len(tmp)]
+        r_i.mul_(torch.neg(r_i, out=tmp[:len(r_i)]).exp_())
+    prod, k = torch.xlogy(c.e, r, out=r), t / c.s   # e (log r - r)
     return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
 
 
