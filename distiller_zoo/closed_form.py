@@ -181,7 +181,7 @@ def _dense_grads(z, labels, zt, losses, w_vec, buffer):
         zt.sub_(z)   # d = zt - z: the teacher's logits are not needed any more
     at = {t: _Temp(e, e_t[t], (m - m_t)[:, 0] / t) for t, e in _exps(z, m, temps, buffer).items() if t in temps}
     _diff_terms(at, forward, reverse, zt, buffer)
-    tmp = buffer("rows", min(n, 32), v, z)   # the parts' scratch: 32 rows
+    tmp = buffer("rows", min(n, max(32, (1 << 20) // v)), v, z)   # the parts' scratch: 2^20 entries, 32 rows at least
     e1 = z   # exp(z - m), in place (_exps)
     s1 = at[1.0].s if 1.0 in at else e1.sum(-1)
     rows, products = [m[:, 0] + s1.log() - z_label], []
