@@ -251,3 +251,13 @@ def test_live_teacher_chunks_are_its_logits_in_one_reused_buffer():
     torch.testing.assert_close(second, head(hidden.detach()[4:7]), rtol=1e-6, atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):   # autocast picks the dtype: a new tensor
         assert live.chunk(0, 4).dtype == torch.bfloat16
+
+
+def test_at_a_large_vocabulary_the_value_temporaries_go_through_several_row_blocks():
+    """V = 40,000: the scratch buffer holds 32 rows, so 70 rows take three blocks (tvd, jsd, the skews)."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, n=70, d=4, v=40_000, seed=10)
+    losses = [build_loss(name, OPTS.get(name, {})) for name in SPARSE]
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), losses, [0.5] * len(losses), 70)
+    torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
