@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from distiller_zoo.base import LogitLoss, upcast
 from distiller_zoo.heads import LMHead, Scratch
