@@ -151,13 +151,19 @@ def _diff_terms(at: dict, forward: set, reverse: set, diff, buffer) -> None:
             c.cross_t = torch.mul(c.e_t, diff, out=out).sum(-1)
 
 
-def _block_sums(block, n: int, tmp) -> torch.Tensor:
-    """``[n]``: the row sums of ``block(a, b, out)``, an ``[b - a, V]`` tensor written in ``out``, over
-    blocks of the rows of ``tmp`` (a small reused buffer: a value needs no ``[n, V]`` temporary)."""
-    sums = tmp.new_empty(n)
+def _blocks(n: int, tmp):
+    """``(a, b, out)`` over the rows ``0:n`` in blocks of ``tmp``'s rows, ``out`` its first ``b - a``: a small
+    reused buffer, so a temporary that only feeds a value or an in-place step needs no ``[n, V]``."""
     for a in range(0, n, tmp.shape[0]):
         b = min(a + tmp.shape[0], n)
-        sums[a:b] = block(a, b, tmp[:b - a]).sum(-1)
+        yield a, b, tmp[:b - a]
+
+
+def _block_sums(block, n: int, tmp) -> torch.Tensor:
+    """``[n]``: the row sums of ``block(a, b, out)``, an ``[b - a, V]`` tensor written in ``out`` (``_blocks``)."""
+    sums = tmp.new_empty(n)
+    for a, b, out in _blocks(n, tmp):
+        sums[a:b] = block(a, b, out).sum(-1)
     return sums
 
 
@@ -277,9 +283,8 @@ def _skew_reverse_kl(loss, c, out, tmp):
     r = torch.div(c.e, r, out=r)
     value = t * t * (_block_sums(lambda i, j, o: torch.xlogy(c.e[i:j], r[i:j], out=o), len(r), tmp) / c.s
                      - math.log(a))
-    for i in range(0, len(r), len(tmp)):          # r exp(-r), through tmp
-        r_i = r[i:i + len(tmp)]
-        r_i.mul_(torch.neg(r_i, out=tmp[:len(r_i)]).exp_())
+    for i, j, o in _blocks(len(r), tmp):              # r exp(-r), through tmp
+        r[i:j].mul_(torch.neg(r[i:j], out=o).exp_())
     prod, k = torch.xlogy(c.e, r, out=r), t / c.s   # e (log r - r)
     return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
 
