@@ -263,3 +263,47 @@ def test_at_a_large_vocabulary_the_value_temporaries_go_through_several_row_bloc
     torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_x_log_y_equals_torch_xlogy_and_floors_y_only_below_the_smallest_normal_float():
+    """``_xlogy`` (vectorised; torch.xlogy is a scalar loop on CPU) at 0, 1, normal, subnormal and NaN."""
+    from distiller_zoo.closed_form import _xlogy
+    tiny = torch.finfo(torch.float32).tiny
+    values = torch.tensor([0.0, 1e-42, tiny, 1e-20, 0.3, 1.0, math.nan])
+    x, y = values[:, None].expand(7, 7), values[None, :].expand(7, 7)
+    ours, ref = _xlogy(x, y, torch.empty(7, 7)), torch.xlogy(x, y)
+    assert torch.equal(ours.isnan(), ref.isnan())
+    normal_y = (y == 0) | (y >= tiny)   # y = 0 is floored too, and x 0 log 0 = 0 there as in torch.xlogy when x = 0
+    same = normal_y & ~ref.isnan() & ((y != 0) | (x == 0))
+    torch.testing.assert_close(ours[same], ref[same], rtol=1e-6, atol=0.0)
+    changed = ~same & ~ref.isnan()      # x > 0 at a y below tiny: -inf or x log y becomes x log(tiny)
+    assert changed.any() and torch.equal(ours[changed], x[changed] * math.log(tiny))
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_subnormal_probabilities_stay_in_the_closed_form_and_equal_autograd(monkeypatch, name):
+    """exp(z - max) between 1e-45 and 1e-38 (88-103 nats below the maximum) at token 3 in the student
+    (rows 0-4), the teacher (rows 5-9) and both (rows 10-12): no row leaves the closed form, and the
+    values and gradients equal autograd on full logits."""
+    hidden, weight, bias, labels, t_logits = problem(torch.float32, seed=11)
+    labels[labels == 3] = 4
+    with torch.no_grad():
+        weight[:, 0] = 0.0
+        weight[3, 0] = 1.0
+        hidden[:, 0] = 0.0
+        z = hidden.detach() @ weight.detach().t() + bias.detach()
+        gap = torch.linspace(89.0, 102.0, 13)
+        hidden[:5, 0] = z[:5].amax(-1) - z[:5, 3] - gap[:5]
+        hidden[10:, 0] = z[10:].amax(-1) - z[10:, 3] - gap[10:]
+        t_logits[5:, 3] = t_logits[5:].amax(-1) - gap[5:]
+        z = hidden.detach() @ weight.detach().t() + bias.detach()
+    subnormal = lambda lg, rows: ((lg[rows] - lg[rows].amax(-1, keepdim=True)).exp()[:, 3]  # noqa: E731
+                                  .lt(torch.finfo(torch.float32).tiny).all())
+    assert subnormal(z, slice(0, 5)) and subnormal(t_logits, slice(5, 13)) and subnormal(z, slice(10, 13))
+    bad_rows = fallback_rows(monkeypatch)
+    loss = build_loss(name, OPTS.get(name, {}))
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), [loss], [1.0], 4)
+    assert not torch.cat(bad_rows).any()
+    torch.testing.assert_close(s0, s1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
