@@ -364,8 +364,8 @@ def main(argv=None) -> int:
             check_gradients(shape, [(n, o) for n, o in impls if n.split("[")[0] in CHECKED], a)
             checked.add(key)
         rows: dict[str, dict] = {}
-        for _ in range(a.rounds):  # round-robin: a slow spell of the machine hits every implementation alike
-            for name, options in impls:
+        for k in range(a.rounds):  # round-robin: a slow spell of the machine hits every implementation alike,
+            for name, options in impls[k % len(impls):] + impls[:k % len(impls)]:   # each in every position
                 r = run_worker(name.split("[")[0], shape, a, False, options=options)
                 old = rows.setdefault(name, r)
                 if old is not r and "error" not in r and "error" not in old:
