@@ -59,34 +59,54 @@ class ClosedForm:
     """The closed-form route over the chunks of one fused call, called as fused.py's autograd route
     ``fallback`` is; that takes the rows the closed form cannot (an underflowing tail, ``-inf`` logits).
 
-    Its ``[chunk, V]`` buffers are reused from chunk to chunk (:class:`~distiller_zoo.heads.Scratch`)."""
+    Its ``[chunk, V]`` buffers are reused from chunk to chunk, and from step to step when ``scratch``
+    (a :class:`~distiller_zoo.heads.Scratch`) is kept."""
 
-    def __init__(self, fallback):
-        self.fallback, self.scratch = fallback, Scratch()
+    def __init__(self, fallback, scratch: Scratch):
+        self.fallback, self.scratch = fallback, scratch
 
     def logits(self, h, w, b) -> torch.Tensor:
         """The chunk's student logits ``[n, V]``, float32 or wider, in the reused buffer outside autocast."""
         return upcast(LMHead(w, b).into(h, self.scratch, "z"))
 
-    def __call__(self, need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
-        """``(grads of (h, w[, b]), terms)`` of ``w_vec . [CE, loss_1, ...]`` over one chunk."""
+    def __call__(self, into, need_b, h, w, b, labels, teacher_chunk, losses, w_vec):
+        """The terms of ``w_vec . [CE, loss_1, ...]`` over one chunk; its gradients w.r.t. ``(h, w[, b])``
+        added to ``into`` (the chunk's rows of the hidden states' gradient, zeros, and the two sums)."""
         dense = isinstance(teacher_chunk, torch.Tensor)
         if dense and teacher_chunk.shape != (h.shape[0], w.shape[0]):   # another vocabulary size: sliced there
-            return self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec)
+            return add_grads(into, *self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec))
         route = _dense_grads if dense else _logit_grads
         dz, terms, bad, teacher_rows = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.scratch)
         rows = bad.nonzero()[:, 0]   # one device sync per chunk
-        rows = rows if rows.numel() else None
-        if rows is not None:
+        if rows.numel():
             dz[rows] = 0.0
-        grads = [dz.mm(w).to(h.dtype), dz.t().mm(h).to(w.dtype)] + ([dz.sum(0).to(b.dtype)] if need_b else [])
-        if rows is not None:
+        _add_mm(into[0], dz, w)
+        _add_mm(into[1], dz.t(), h)
+        if need_b:
+            into[2].add_(dz.sum(0).to(b.dtype))
+        if rows.numel():
             sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], teacher_rows(rows), losses, w_vec)
-            grads[0][rows] = sub[0].to(h.dtype)
-            for mine, theirs in zip(grads[1:], sub[1:]):
-                mine += theirs
+            into[0][rows] = sub[0].to(h.dtype)
+            add_grads((None, *into[1:]), sub, sub_terms)
             terms = terms + sub_terms
-        return tuple(grads), terms
+        return terms
+
+
+def add_grads(into, grads, terms):
+    """``terms``, after adding ``grads`` (of ``(h, w[, b])``) to ``into`` (None: skip that one)."""
+    for acc, g in zip(into, grads):
+        if acc is not None:
+            acc += g.to(acc.dtype)
+    return terms
+
+
+def _add_mm(acc, a, b) -> None:
+    """``acc += a @ b``: in place (no ``[V, d]`` temporary per chunk) unless autocast or the dtypes
+    ask for ``mm``'s own rules (a bf16 product under autocast, as autograd computes it there)."""
+    if torch.is_autocast_enabled(a.device.type) or not a.dtype == b.dtype == acc.dtype:
+        acc += a.mm(b).to(acc.dtype)
+    else:
+        acc.addmm_(a, b)
 
 
 def _logit_grads(z, labels, teacher, losses, w_vec, buffer):

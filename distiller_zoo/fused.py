@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from distiller_zoo import closed_form
 from distiller_zoo.base import LogitLoss, upcast
-from distiller_zoo.heads import LMHead
+from distiller_zoo.heads import LMHead, Scratch
 
 
 def chunk_terms(logits: torch.Tensor, labels: torch.Tensor, teacher_chunk,
@@ -61,7 +61,7 @@ class _FusedChunks(torch.autograd.Function):
     """Forward: the term sums and, chunk by chunk, the gradient of ``weights . terms``."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size, compile):
+    def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size, compile, scratch):
         need_b = bias is not None and bias.requires_grad   # BART's final_logits_bias is a buffer
         grad_h, grad_w = torch.zeros_like(hidden), torch.zeros_like(weight)
         grad_b = torch.zeros_like(bias) if need_b else None
@@ -69,18 +69,17 @@ class _FusedChunks(torch.autograd.Function):
         sums = torch.zeros(len(weights), dtype=acc, device=hidden.device)
         w_vec = torch.tensor(weights, dtype=acc, device=hidden.device)
         chunk_grads = _compiled_grads if compile else _eager_grads
-        closed = closed_form.ClosedForm(fallback=_eager_grads)
+        closed = closed_form.ClosedForm(_eager_grads, scratch)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             t_chunk = None if teacher is None or not losses else teacher.chunk(start, end)   # CE alone: unread
             args = (need_b, hidden[start:end].detach(), weight.detach(), None if bias is None else bias.detach(),
                     labels[start:end], t_chunk, losses, w_vec)
-            # CE alone, a cached teacher, the built-in losses of a live one: no autograd over [n, V]
-            grads, terms = (closed if closed_form.applies(t_chunk, losses) else chunk_grads)(*args)
-            grad_h[start:end] = grads[0]
-            grad_w += grads[1]
-            if need_b:
-                grad_b += grads[2]
+            into = (grad_h[start:end], grad_w, grad_b)
+            if closed_form.applies(t_chunk, losses):   # CE alone, a cached teacher, the built-in losses of a
+                terms = closed(into, *args)              # live one: no autograd over [n, V]
+            else:
+                terms = closed_form.add_grads(into, *chunk_grads(*args))
             sums += terms.detach()
         ctx.save_for_backward(grad_h, grad_w, *(() if grad_b is None else (grad_b,)))
         ctx.mark_non_differentiable(sums)
@@ -88,9 +87,9 @@ class _FusedChunks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total, _grad_sums):
-        grad_h, grad_w, *rest = ctx.saved_tensors
-        grad_b = rest[0] * grad_total if rest else None
-        return grad_h * grad_total, grad_w * grad_total, grad_b, None, None, None, None, None, None
+        grad_h, grad_w, *rest = ctx.saved_tensors   # scaled in place: no [V, d] copy (a second backward
+        grads = [g.mul_(grad_total) for g in (grad_h, grad_w, *rest)]   # through the graph raises)
+        return grads[0], grads[1], grads[2] if rest else None, None, None, None, None, None, None, None
 
 
 CHUNK_LOGITS = 256 * 32_128   # the default chunk's [positions, V] size: 256 positions at T5's vocabulary
@@ -104,13 +103,15 @@ def positions_per_chunk(chunk_size: int | None, vocab: int) -> int:
 
 def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tensor, teacher,
                           ce_weight: float, losses: list[LogitLoss], weights: list[float], chunk_size: int | None,
-                          compile: bool = False):
+                          compile: bool = False, scratch: Scratch | None = None):
     """``(ce_weight * CE + sum_i weights_i * loss_i, [CE, loss_1, ...])``, all sums over N positions.
 
     hidden ``[N, d]`` (the student's final decoder states at the unmasked positions), labels
     ``[N]``, teacher a ``TeacherTargets`` over the same N positions (None for CE alone).
     Losses with weight 0 should not be passed: they would cost a full pass for nothing.
-    ``compile``: run each chunk's loss and gradient through ``torch.compile`` (same values)."""
+    ``compile``: run each chunk's loss and gradient through ``torch.compile`` (same values).
+    ``scratch``: the ``[chunk, V]`` buffers; the trainer keeps one from step to step (a fresh buffer is
+    a page-faulting allocation on CPU), None makes them for this call."""
     all_weights = [float(ce_weight), *map(float, weights)]
     chunk_size = positions_per_chunk(chunk_size, head.weight.shape[0])
     if chunk_size <= 0:   # the plain path: full [N, V] logits, ordinary autograd
@@ -118,4 +119,4 @@ def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tens
                             losses)
         return (terms * torch.tensor(all_weights, dtype=terms.dtype, device=terms.device)).sum(), terms.detach()
     return _FusedChunks.apply(hidden, head.weight, head.bias, labels, teacher, losses, all_weights, chunk_size,
-                              compile)
+                              compile, scratch or Scratch())

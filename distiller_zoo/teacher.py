@@ -74,9 +74,9 @@ class TeacherTargets(ABC):
 class DenseTargets(TeacherTargets):
     """Teacher logits computed lazily per chunk: ``head(hidden[start:end])``."""
 
-    def __init__(self, hidden: torch.Tensor, head: LMHead, outputs=None):
+    def __init__(self, hidden: torch.Tensor, head: LMHead, outputs=None, scratch: Scratch | None = None):
         self.hidden, self.head, self.outputs, self.n = hidden, head, outputs, hidden.shape[0]
-        self.scratch = Scratch()
+        self.scratch = scratch or Scratch()
 
     @torch.no_grad()
     def chunk(self, start: int, end: int) -> torch.Tensor:
@@ -90,6 +90,7 @@ class LiveTeacher:
     def __init__(self, model, vocab_size: int | None = None):
         self.model = model.eval().requires_grad_(False)
         self.vocab_size = vocab_size
+        self.scratch = Scratch()   # its logit chunks' buffer, kept from step to step
 
     def to(self, device) -> "LiveTeacher":
         self.model.to(device)
@@ -99,7 +100,7 @@ class LiveTeacher:
     def targets(self, batch: dict, need: frozenset = frozenset()) -> DenseTargets:
         outputs, hidden = decoder_states(self.model, batch, need)
         mask = batch["labels"] != IGNORE_INDEX
-        return DenseTargets(hidden[mask], lm_head(self.model, self.vocab_size), outputs)
+        return DenseTargets(hidden[mask], lm_head(self.model, self.vocab_size), outputs, self.scratch)
 
 
 def teacher_source(teacher, vocab_size: int | None = None):

@@ -295,3 +295,47 @@ def test_the_default_chunk_holds_256_positions_at_t5s_vocabulary_and_more_below_
     assert positions_per_chunk(None, 50265) == 256           # BART: never fewer than 256
     assert positions_per_chunk(None, 2000) == 4112           # 256 x 32,128 logits
     assert positions_per_chunk(7, 2000) == 7 and positions_per_chunk(0, 2000) == 0   # as configured
+
+
+def test_buffers_kept_from_step_to_step_change_nothing():
+    """The trainer keeps one ``Scratch`` (and the live teacher its own) for every step: the six closed-form
+    losses, three batches of different lengths (the second larger, so the buffers grow) give bitwise the values and gradients of
+    fresh buffers per call, and the third reuses the second's storage."""
+    from distiller_zoo.heads import Scratch
+    torch.manual_seed(3)
+    s, t = t5(16), t5(24).eval()
+    closed = [(n, 0.4, build_loss(n, dict(OPTS.get(n, {}), temperature=2.0))) for n in LOGIT if n != "uld"]
+    obj, kept, live = Objective(0.3, closed, vocab_size=VOCAB), Scratch(), LiveTeacher(t, VOCAB)
+    batches = [batch(4), {k: torch.cat([v, v]) for k, v in batch(5).items()}, batch(6)]
+    storage = []
+    for b in batches:
+        out = []
+        for scratch, teacher in ((kept, live), (None, LiveTeacher(t, VOCAB))):
+            o, hidden = decoder_states(s, b)
+            total, terms = obj.fused(o, hidden, lm_head(s, VOCAB), teacher.targets(b), b["labels"], None, 3,
+                                     scratch=scratch)
+            total.backward()
+            out.append((total.detach(), {k: v.detach() for k, v in terms.items()}, grads(s)))
+        (t0, terms0, g0), (t1, terms1, g1) = out
+        assert torch.equal(t0, t1) and all(torch.equal(terms0[k], terms1[k]) for k in terms1)
+        assert all(torch.equal(g0[n], g1[n]) for n in g1)
+        storage.append((kept.buffers["z"].data_ptr(), live.scratch.buffers["logits"].data_ptr()))
+    assert storage[2] == storage[1]
+
+
+def test_a_second_backward_through_the_fused_objective_raises_instead_of_scaling_twice():
+    """backward scales the stored gradients in place (no [V, d] copy): the first backward equals the
+    plain path's, a second one through a retained graph fails loudly instead of scaling them twice."""
+    from distiller_zoo.heads import LMHead
+    g = torch.Generator().manual_seed(2)
+    h, w, labels = torch.randn(5, 4, generator=g), torch.randn(7, 4, generator=g), torch.randint(0, 7, (5,), generator=g)
+    grads_of = []
+    for chunk in (2, 0):
+        hc, wc = h.clone().requires_grad_(), w.clone().requires_grad_()
+        total, _ = fused_logit_objective(hc, LMHead(wc, None), labels, None, 1.0, [], [], chunk)
+        (3 * total).backward(retain_graph=True)
+        grads_of.append((hc.grad, wc.grad, total))
+    for a, b in zip(grads_of[0][:2], grads_of[1][:2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (3 * grads_of[0][2]).backward()
