@@ -242,8 +242,7 @@ def rss_mb(field: str) -> float:
 
 
 def workspace_mb(*scratches) -> float:
-    """The buffers this project's ``Scratch`` objects keep from step to step: made in the warm-up, so
-    added to the extra memory explicitly (the RSS baseline, taken after the warm-up, already holds them)."""
+    """MB this project's ``Scratch`` objects keep between steps (the RSS baseline already holds them)."""
     return sum(b.numel() * b.element_size() for s in scratches if s is not None for b in s.buffers.values()) / 2 ** 20
 
 
@@ -373,8 +372,10 @@ def main(argv=None) -> int:
             check_gradients(shape, [(n, o) for n, o in impls if n.split("[")[0] in CHECKED], a)
             checked.add(key)
         rows: dict[str, dict] = {}
-        for k in range(a.rounds):  # round-robin: a slow spell of the machine hits every implementation alike,
-            for name, options in impls[k % len(impls):] + impls[:k % len(impls)]:   # each in every position
+        # round-robin: a slow spell of the machine hits every implementation alike; each round starts one
+        # implementation later, so with as many rounds as implementations each runs once in every position
+        for k in range(a.rounds):
+            for name, options in impls[k % len(impls):] + impls[:k % len(impls)]:
                 r = run_worker(name.split("[")[0], shape, a, False, options=options)
                 old = rows.setdefault(name, r)
                 if old is not r and "error" not in r and "error" not in old:

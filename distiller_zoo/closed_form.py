@@ -74,30 +74,30 @@ class ClosedForm:
         added to ``into`` (the chunk's rows of the hidden states' gradient, zeros, and the two sums)."""
         dense = isinstance(teacher_chunk, torch.Tensor)
         if dense and teacher_chunk.shape != (h.shape[0], w.shape[0]):   # another vocabulary size: sliced there
-            return add_grads(into, *self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec))
+            grads, terms = self.fallback(need_b, h, w, b, labels, teacher_chunk, losses, w_vec)
+            add_grads(into, grads)
+            return terms
         route = _dense_grads if dense else _logit_grads
         dz, terms, bad, teacher_rows = route(self.logits(h, w, b), labels, teacher_chunk, losses, w_vec, self.scratch)
         rows = bad.nonzero()[:, 0]   # one device sync per chunk
-        if rows.numel():
+        if rows.numel():   # rows the closed form cannot take: autograd's gradient in their place
             dz[rows] = 0.0
+            sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], teacher_rows(rows), losses, w_vec)
+            into[0].index_add_(0, rows, sub[0].to(into[0].dtype))
+            add_grads((None, *into[1:]), sub)
+            terms = terms + sub_terms
         _add_mm(into[0], dz, w)
         _add_mm(into[1], dz.t(), h)
         if need_b:
             into[2].add_(dz.sum(0).to(b.dtype))
-        if rows.numel():
-            sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], teacher_rows(rows), losses, w_vec)
-            into[0][rows] = sub[0].to(h.dtype)
-            add_grads((None, *into[1:]), sub, sub_terms)
-            terms = terms + sub_terms
         return terms
 
 
-def add_grads(into, grads, terms):
-    """``terms``, after adding ``grads`` (of ``(h, w[, b])``) to ``into`` (None: skip that one)."""
+def add_grads(into, grads) -> None:
+    """Adds ``grads`` (of ``(h, w[, b])``) to the accumulators ``into`` (None: skipped)."""
     for acc, g in zip(into, grads):
         if acc is not None:
             acc += g.to(acc.dtype)
-    return terms
 
 
 def _add_mm(acc, a, b) -> None:
@@ -301,20 +301,19 @@ def _skew_reverse_kl(loss, c, out, tmp):
     t, a = loss.temperature, loss.skew_alpha
     r = torch.addcmul(c.e, c.e_t, ((1 - a) * c.s / (a * c.s_t))[:, None], out=out())
     r = torch.div(c.e, r, out=r)
-    sums = r.new_empty(len(r))
-    for i, j, o in _blocks(len(r), tmp):              # e log r through tmp, then e (log r - r) over r
-        e_log_r = _xlogy(c.e[i:j], r[i:j], o)
-        sums[i:j] = e_log_r.sum(-1)
-        torch.sub(e_log_r, r[i:j].mul_(c.e[i:j]), out=r[i:j])
-    value = t * t * (sums / c.s - math.log(a))
+
+    def e_log_r(i, j, o):                              # in o; and e (log r - r) written over r
+        o = _xlogy(c.e[i:j], r[i:j], o)
+        torch.sub(o, r[i:j].mul_(c.e[i:j]), out=r[i:j])
+        return o
+    value = t * t * (_block_sums(e_log_r, len(r), tmp) / c.s - math.log(a))
     prod, k = r, t / c.s                               # e (log r - r)
     return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
 
 
 def _xlogy(x, y, out):
-    """``x log y`` with ``0 log 0 = 0``, in ``out`` (may be ``y``): ``torch.xlogy`` is a scalar loop on CPU,
-    ~10x a vectorised ``log``. ``y`` is floored at the smallest normal float first, which changes a term
-    only where ``x`` is that small too (the term is then ~1e-36 instead of 0 or ``-inf``); NaN stays NaN."""
+    """``x log y`` for ``0 <= y < inf`` in ``out`` (may be ``y``), ``torch.xlogy`` (a scalar loop on CPU, ~10x
+    slower) but with ``y`` floored at the smallest normal float: ``0 log 0 = 0``, NaN stays NaN."""
     return torch.clamp(y, min=torch.finfo(y.dtype).tiny, out=out).log_().mul_(x)
 
 

@@ -76,10 +76,12 @@ class _FusedChunks(torch.autograd.Function):
             args = (need_b, hidden[start:end].detach(), weight.detach(), None if bias is None else bias.detach(),
                     labels[start:end], t_chunk, losses, w_vec)
             into = (grad_h[start:end], grad_w, grad_b)
-            if closed_form.applies(t_chunk, losses):   # CE alone, a cached teacher, the built-in losses of a
-                terms = closed(into, *args)              # live one: no autograd over [n, V]
+            # CE alone, a cached teacher, the built-in losses of a live one: no autograd over [n, V]
+            if closed_form.applies(t_chunk, losses):
+                terms = closed(into, *args)
             else:
-                terms = closed_form.add_grads(into, *chunk_grads(*args))
+                grads, terms = chunk_grads(*args)
+                closed_form.add_grads(into, grads)
             sums += terms.detach()
         ctx.save_for_backward(grad_h, grad_w, *(() if grad_b is None else (grad_b,)))
         ctx.mark_non_differentiable(sums)
@@ -87,9 +89,9 @@ class _FusedChunks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total, _grad_sums):
-        grad_h, grad_w, *rest = ctx.saved_tensors   # scaled in place: no [V, d] copy (a second backward
-        grads = [g.mul_(grad_total) for g in (grad_h, grad_w, *rest)]   # through the graph raises)
-        return grads[0], grads[1], grads[2] if rest else None, None, None, None, None, None, None, None
+        # scaled in place, no [V, d] copy; a second backward through the graph then raises (version check)
+        grads = [g.mul_(grad_total) for g in ctx.saved_tensors]
+        return grads[0], grads[1], grads[2] if len(grads) > 2 else None, None, None, None, None, None, None, None
 
 
 CHUNK_LOGITS = 256 * 32_128   # the default chunk's [positions, V] size: 256 positions at T5's vocabulary
@@ -119,4 +121,4 @@ def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tens
                             losses)
         return (terms * torch.tensor(all_weights, dtype=terms.dtype, device=terms.device)).sum(), terms.detach()
     return _FusedChunks.apply(hidden, head.weight, head.bias, labels, teacher, losses, all_weights, chunk_size,
-                              compile, scratch or Scratch())
+                              compile, Scratch() if scratch is None else scratch)

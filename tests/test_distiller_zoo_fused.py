@@ -339,3 +339,23 @@ def test_a_second_backward_through_the_fused_objective_raises_instead_of_scaling
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (3 * grads_of[0][2]).backward()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_live_teacher_keeps_its_chunk_buffer_between_batches_unless_told_not_to(keep):
+    """The trainer keeps it (chunked path); on the unchunked path the one chunk is the whole batch."""
+    from distiller_zoo.teacher import teacher_source
+    live = teacher_source(t5(24).eval(), VOCAB, keep_buffers=keep)
+    first = live.targets(batch(1)).chunk(0, 4)
+    second = live.targets(batch(2)).chunk(0, 4)
+    assert (first.data_ptr() == second.data_ptr()) == keep
+
+
+def test_a_kept_buffer_is_remade_for_another_width_dtype_or_more_rows():
+    from distiller_zoo.heads import Scratch
+    scratch, f32 = Scratch(), torch.zeros(1)
+    first = scratch("k", 4, 10, f32)
+    assert scratch("k", 3, 10, f32).data_ptr() == first.data_ptr()            # fewer rows: the same storage
+    assert scratch("k", 5, 10, f32).shape == (5, 10)                           # more rows: a new one
+    assert scratch("k", 3, 12, f32).shape == (3, 12)                           # another vocabulary width
+    assert scratch("k", 3, 12, torch.zeros(1, dtype=torch.float64)).dtype == torch.float64

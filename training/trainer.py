@@ -82,7 +82,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
     def __init__(self, job: TrainJob, model, tokenizer):
         self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
         self.objective = job.objective.to(job.device) if job.objective else None
-        self.teacher = teacher_source(job.teacher, len(tokenizer))
+        self.teacher = teacher_source(job.teacher, len(tokenizer), keep_buffers=job.chunk_size != 0)
         self.scratch = Scratch()   # the fused objective's [chunk, V] buffers, kept from step to step
         if self.teacher is not None:
             self.teacher.to(job.device)
