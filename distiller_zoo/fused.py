@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from distiller_zoo import closed_form
 from distiller_zoo.base import LogitLoss, upcast
-from distiller_zoo.heads import LMHead, Scratch
+from distiller_zoo.heads import LMHead
 
 
 def chunk_terms(logits: torch.Tensor, labels: torch.Tensor, teacher_chunk,
@@ -61,7 +61,7 @@ class _FusedChunks(torch.autograd.Function):
     """Forward: the term sums and, chunk by chunk, the gradient of ``weights . terms``."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size, compile, scratch):
+    def forward(ctx, hidden, weight, bias, labels, teacher, losses, weights, chunk_size, compile):
         need_b = bias is not None and bias.requires_grad   # BART's final_logits_bias is a buffer
         grad_h, grad_w = torch.zeros_like(hidden), torch.zeros_like(weight)
         grad_b = torch.zeros_like(bias) if need_b else None
@@ -69,7 +69,7 @@ class _FusedChunks(torch.autograd.Function):
         sums = torch.zeros(len(weights), dtype=acc, device=hidden.device)
         w_vec = torch.tensor(weights, dtype=acc, device=hidden.device)
         chunk_grads = _compiled_grads if compile else _eager_grads
-        closed = closed_form.ClosedForm(_eager_grads, scratch)
+        closed = closed_form.ClosedForm(fallback=_eager_grads)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             t_chunk = None if teacher is None or not losses else teacher.chunk(start, end)   # CE alone: unread
@@ -91,7 +91,7 @@ class _FusedChunks(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_sums):
         # scaled in place, no [V, d] copy; a second backward through the graph then raises (version check)
         grads = [g.mul_(grad_total) for g in ctx.saved_tensors]
-        return grads[0], grads[1], grads[2] if len(grads) > 2 else None, None, None, None, None, None, None, None
+        return grads[0], grads[1], grads[2] if len(grads) > 2 else None, None, None, None, None, None, None
 
 
 CHUNK_LOGITS = 256 * 32_128   # the default chunk's [positions, V] size: 256 positions at T5's vocabulary
@@ -105,15 +105,13 @@ def positions_per_chunk(chunk_size: int | None, vocab: int) -> int:
 
 def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tensor, teacher,
                           ce_weight: float, losses: list[LogitLoss], weights: list[float], chunk_size: int | None,
-                          compile: bool = False, scratch: Scratch | None = None):
+                          compile: bool = False):
     """``(ce_weight * CE + sum_i weights_i * loss_i, [CE, loss_1, ...])``, all sums over N positions.
 
     hidden ``[N, d]`` (the student's final decoder states at the unmasked positions), labels
     ``[N]``, teacher a ``TeacherTargets`` over the same N positions (None for CE alone).
     Losses with weight 0 should not be passed: they would cost a full pass for nothing.
-    ``compile``: run each chunk's loss and gradient through ``torch.compile`` (same values).
-    ``scratch``: the ``[chunk, V]`` buffers; the trainer keeps one from step to step (a fresh buffer is
-    a page-faulting allocation on CPU), None makes them for this call."""
+    ``compile``: run each chunk's loss and gradient through ``torch.compile`` (same values)."""
     all_weights = [float(ce_weight), *map(float, weights)]
     chunk_size = positions_per_chunk(chunk_size, head.weight.shape[0])
     if chunk_size <= 0:   # the plain path: full [N, V] logits, ordinary autograd
@@ -121,4 +119,4 @@ def fused_logit_objective(hidden: torch.Tensor, head: LMHead, labels: torch.Tens
                             losses)
         return (terms * torch.tensor(all_weights, dtype=terms.dtype, device=terms.device)).sum(), terms.detach()
     return _FusedChunks.apply(hidden, head.weight, head.bias, labels, teacher, losses, all_weights, chunk_size,
-                              compile, Scratch() if scratch is None else scratch)
+                              compile)

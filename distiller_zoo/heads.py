@@ -38,17 +38,16 @@ class LMHead:
 
 
 class Scratch:
-    """``[n, V]`` buffers by key, reused from chunk to chunk and, kept by the trainer, from step to step:
-    on CPU a fresh [256, 32,128] tensor is a page-faulting ``mmap`` each time, ~20% of a chunk's cost."""
+    """``[n, V]`` buffers by key, reused from chunk to chunk (the first chunk is the largest): on CPU a
+    fresh [256, 32,128] tensor is a page-faulting ``mmap`` each time, ~20% of a chunk's cost."""
 
     def __init__(self):
         self.buffers: dict = {}
 
     def __call__(self, key, n: int, v: int, like: torch.Tensor) -> torch.Tensor:
-        b = self.buffers.get(key)
-        if b is None or b.shape[0] < n or b.shape[1] != v or (b.dtype, b.device) != (like.dtype, like.device):
-            b = self.buffers[key] = torch.empty(n, v, dtype=like.dtype, device=like.device)
-        return b[:n]
+        if key not in self.buffers or self.buffers[key].shape[0] < n:
+            self.buffers[key] = torch.empty(n, v, dtype=like.dtype, device=like.device)
+        return self.buffers[key][:n]
 
 
 def lm_head(model, vocab_size: int | None = None) -> LMHead:

@@ -67,18 +67,16 @@ class Objective(nn.Module):
             loss.bind(student_config, teacher_config)
 
     def fused(self, student_out, hidden, head, teacher, labels, attention_mask=None, chunk_size: int = 0,
-              compile: bool = False, scratch=None):
+              compile: bool = False):
         """The trainer's path: ``(total, terms)`` as :meth:`forward`, with CE and the logit losses
         computed chunk by chunk from the student's final decoder states ``hidden [B, T, d]``
         through ``head`` (an ``LMHead``) against ``teacher`` (a ``TeacherTargets`` from the seam).
-        Feature and attention losses read ``student_out`` and ``teacher.outputs`` as usual; ``scratch``
-        as ``fused_logit_objective``'s."""
+        Feature and attention losses read ``student_out`` and ``teacher.outputs`` as usual."""
         mask = labels != IGNORE_INDEX
         active = [(name, w, loss) for name, w, loss in zip(self.names, self.weights, self.losses) if w != 0]
         logit = [(w, loss) for _, w, loss in active if isinstance(loss, LogitLoss)]
         total, sums = fused_logit_objective(hidden[mask], head, labels[mask], teacher, self.ce_weight,
-                                            [loss for _, loss in logit], [w for w, _ in logit], chunk_size, compile,
-                                            scratch)
+                                            [loss for _, loss in logit], [w for w, _ in logit], chunk_size, compile)
         terms, it = {"ce": sums[0]}, iter(sums[1:])
         for name, w, loss in active:
             key = name if name not in terms else f"{name}_{len(terms)}"

@@ -74,26 +74,22 @@ class TeacherTargets(ABC):
 class DenseTargets(TeacherTargets):
     """Teacher logits computed lazily per chunk: ``head(hidden[start:end])``."""
 
-    def __init__(self, hidden: torch.Tensor, head: LMHead, outputs=None, scratch: Scratch | None = None):
+    def __init__(self, hidden: torch.Tensor, head: LMHead, outputs=None):
         self.hidden, self.head, self.outputs, self.n = hidden, head, outputs, hidden.shape[0]
-        self.scratch = Scratch() if scratch is None else scratch
+        self.scratch = Scratch()
 
     @torch.no_grad()
     def chunk(self, start: int, end: int) -> torch.Tensor:
-        """Valid until the next call on any targets sharing ``scratch`` (a ``LiveTeacher``'s, from step to
-        step): chunks share one buffer, and a loss may write over its chunk."""
+        """Valid until the next call: chunks share one buffer, and a loss may write over its chunk."""
         return self.head.into(self.hidden[start:end], self.scratch)
 
 
 class LiveTeacher:
     """A frozen seq2seq teacher with the student's tokenizer, run once per micro-batch."""
 
-    def __init__(self, model, vocab_size: int | None = None, keep_buffers: bool = True):
+    def __init__(self, model, vocab_size: int | None = None):
         self.model = model.eval().requires_grad_(False)
         self.vocab_size = vocab_size
-        # its logit chunks' buffer, kept from step to step; not on the unchunked path, whose one
-        # chunk is the whole batch's [N, V] logits
-        self.scratch = Scratch() if keep_buffers else None
 
     def to(self, device) -> "LiveTeacher":
         self.model.to(device)
@@ -103,11 +99,11 @@ class LiveTeacher:
     def targets(self, batch: dict, need: frozenset = frozenset()) -> DenseTargets:
         outputs, hidden = decoder_states(self.model, batch, need)
         mask = batch["labels"] != IGNORE_INDEX
-        return DenseTargets(hidden[mask], lm_head(self.model, self.vocab_size), outputs, self.scratch)
+        return DenseTargets(hidden[mask], lm_head(self.model, self.vocab_size), outputs)
 
 
-def teacher_source(teacher, vocab_size: int | None = None, keep_buffers: bool = True):
+def teacher_source(teacher, vocab_size: int | None = None):
     """A teacher source from what a ``TrainJob`` holds: a source as is, a bare model wrapped live."""
     if teacher is None or hasattr(teacher, "targets"):
         return teacher
-    return LiveTeacher(teacher, vocab_size, keep_buffers)
+    return LiveTeacher(teacher, vocab_size)

@@ -297,32 +297,6 @@ def test_the_default_chunk_holds_256_positions_at_t5s_vocabulary_and_more_below_
     assert positions_per_chunk(7, 2000) == 7 and positions_per_chunk(0, 2000) == 0   # as configured
 
 
-def test_buffers_kept_from_step_to_step_change_nothing():
-    """The trainer keeps one ``Scratch`` (and the live teacher its own) for every step: the six closed-form
-    losses, three batches of different lengths (the second larger, so the buffers grow) give bitwise the values and gradients of
-    fresh buffers per call, and the third reuses the second's storage."""
-    from distiller_zoo.heads import Scratch
-    torch.manual_seed(3)
-    s, t = t5(16), t5(24).eval()
-    closed = [(n, 0.4, build_loss(n, dict(OPTS.get(n, {}), temperature=2.0))) for n in LOGIT if n != "uld"]
-    obj, kept, live = Objective(0.3, closed, vocab_size=VOCAB), Scratch(), LiveTeacher(t, VOCAB)
-    batches = [batch(4), {k: torch.cat([v, v]) for k, v in batch(5).items()}, batch(6)]
-    storage = []
-    for b in batches:
-        out = []
-        for scratch, teacher in ((kept, live), (None, LiveTeacher(t, VOCAB))):
-            o, hidden = decoder_states(s, b)
-            total, terms = obj.fused(o, hidden, lm_head(s, VOCAB), teacher.targets(b), b["labels"], None, 3,
-                                     scratch=scratch)
-            total.backward()
-            out.append((total.detach(), {k: v.detach() for k, v in terms.items()}, grads(s)))
-        (t0, terms0, g0), (t1, terms1, g1) = out
-        assert torch.equal(t0, t1) and all(torch.equal(terms0[k], terms1[k]) for k in terms1)
-        assert all(torch.equal(g0[n], g1[n]) for n in g1)
-        storage.append((kept.buffers["z"].data_ptr(), live.scratch.buffers["logits"].data_ptr()))
-    assert storage[2] == storage[1]
-
-
 def test_a_second_backward_through_the_fused_objective_raises_instead_of_scaling_twice():
     """backward scales the stored gradients in place (no [V, d] copy): the first backward equals the
     plain path's, a second one through a retained graph fails loudly instead of scaling them twice."""
@@ -339,23 +313,3 @@ def test_a_second_backward_through_the_fused_objective_raises_instead_of_scaling
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (3 * grads_of[0][2]).backward()
-
-
-@pytest.mark.parametrize("keep", [True, False])
-def test_a_live_teacher_keeps_its_chunk_buffer_between_batches_unless_told_not_to(keep):
-    """The trainer keeps it (chunked path); on the unchunked path the one chunk is the whole batch."""
-    from distiller_zoo.teacher import teacher_source
-    live = teacher_source(t5(24).eval(), VOCAB, keep_buffers=keep)
-    first = live.targets(batch(1)).chunk(0, 4)
-    second = live.targets(batch(2)).chunk(0, 4)
-    assert (first.data_ptr() == second.data_ptr()) == keep
-
-
-def test_a_kept_buffer_is_remade_for_another_width_dtype_or_more_rows():
-    from distiller_zoo.heads import Scratch
-    scratch, f32 = Scratch(), torch.zeros(1)
-    first = scratch("k", 4, 10, f32)
-    assert scratch("k", 3, 10, f32).data_ptr() == first.data_ptr()            # fewer rows: the same storage
-    assert scratch("k", 5, 10, f32).shape == (5, 10)                           # more rows: a new one
-    assert scratch("k", 3, 12, f32).shape == (3, 12)                           # another vocabulary width
-    assert scratch("k", 3, 12, torch.zeros(1, dtype=torch.float64)).dtype == torch.float64

@@ -139,16 +139,6 @@ def test_random_copy_steps_give_the_loss_parts_a_zero_gradient(tmp_path):
     assert grads[0] is not None and not grads[0].any()
 
 
-def test_the_chunk_buffers_are_kept_from_step_to_step(tmp_path):
-    """The fused objective's ``[chunk, V]`` buffers live in the trainer: a fresh one each step is a
-    page-faulting allocation on CPU (the values are the same either way: test_distiller_zoo_fused.py)."""
-    trainer, _ = make_trainer(tmp_path)
-    trainer.train_step(trainer.window_batches(0, 0))
-    first = {k: v.data_ptr() for k, v in trainer.scratch.buffers.items()}
-    trainer.train_step(trainer.window_batches(0, 1))
-    assert "z" in first and {k: v.data_ptr() for k, v in trainer.scratch.buffers.items()} == first
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_paths_train_on_cpu(tmp_path, precision):
     trainer, pairs = make_trainer(tmp_path, precision=precision)

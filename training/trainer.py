@@ -33,7 +33,7 @@ from settings import BenchmarkConfig, OptimConfig
 from data_loader import Example, Seq2SeqCollator, length_grouped_batches, padding_fraction
 from distiller_zoo import IGNORE_INDEX, Objective
 from distiller_zoo.fused import fused_logit_objective
-from distiller_zoo.heads import Scratch, decoder_states, lm_head
+from distiller_zoo.heads import decoder_states, lm_head
 from distiller_zoo.teacher import teacher_source
 from training.checkpointing import CheckpointMixin, TrainState
 from training.validation import ValidationMixin
@@ -82,8 +82,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
     def __init__(self, job: TrainJob, model, tokenizer):
         self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
         self.objective = job.objective.to(job.device) if job.objective else None
-        self.teacher = teacher_source(job.teacher, len(tokenizer), keep_buffers=job.chunk_size != 0)
-        self.scratch = Scratch()   # the fused objective's [chunk, V] buffers, kept from step to step
+        self.teacher = teacher_source(job.teacher, len(tokenizer))
         if self.teacher is not None:
             self.teacher.to(job.device)
         o = job.optim
@@ -330,13 +329,13 @@ class Trainer(ValidationMixin, CheckpointMixin):
         if self.objective is None or ce_only:
             mask = labels != IGNORE_INDEX
             ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size,
-                                          self.job.compile_chunks, self.scratch)
+                                          self.job.compile_chunks)
             if ce_only and self.objective is not None:  # DDP waits for a gradient of every trainable parameter:
                 ce = ce + sum(0.0 * p.sum() for p in self.objective.parameters() if p.requires_grad)  # zeros
             return ce, {"ce": ce}
         teacher = self.teacher.targets(batch, need)
         return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size,
-                                    self.job.compile_chunks, self.scratch)
+                                    self.job.compile_chunks)
 
     def _to_device(self, batch):
         return {k: v.to(self.job.device, non_blocking=True) for k, v in batch.items()}
