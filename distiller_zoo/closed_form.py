@@ -83,7 +83,7 @@ class ClosedForm:
             dz[rows] = 0.0
             sub, sub_terms = self.fallback(need_b, h[rows], w, b, labels[rows], teacher_rows(rows), losses, w_vec)
             into[0].index_add_(0, rows, sub[0].to(into[0].dtype))
-            add_grads((None, *into[1:]), sub)
+            add_grads(into[1:], sub[1:])
             terms = terms + sub_terms
         _add_mm(into[0], dz, w)
         _add_mm(into[1], dz.t(), h)
@@ -93,10 +93,10 @@ class ClosedForm:
 
 
 def add_grads(into, grads) -> None:
-    """Adds ``grads`` (of ``(h, w[, b])``) to the accumulators ``into`` (None: skipped)."""
+    """Adds ``grads`` (of ``(h, w[, b])``) to the accumulators ``into`` (the bias's is None when untrained,
+    and then ``grads`` is one shorter)."""
     for acc, g in zip(into, grads):
-        if acc is not None:
-            acc += g.to(acc.dtype)
+        acc += g.to(acc.dtype)
 
 
 def _add_mm(acc, a, b) -> None:
@@ -170,19 +170,14 @@ def _diff_terms(at: dict, forward: set, reverse: set, diff, buffer) -> None:
             c.cross_t = torch.mul(c.e_t, diff, out=out).sum(-1)
 
 
-def _blocks(n: int, tmp):
-    """``(a, b, out)`` over the rows ``0:n`` in blocks of ``tmp``'s rows, ``out`` its first ``b - a``: a small
-    reused buffer, so a temporary that only feeds a value or an in-place step needs no ``[n, V]``."""
+def _block_sums(block, n: int, tmp) -> torch.Tensor:
+    """``[n]``: the row sums of ``block(a, b, out)``, an ``[b - a, V]`` tensor written in ``out``, the first
+    rows of ``tmp``: rows ``0:n`` in blocks of ``tmp``'s rows, so a temporary that only feeds a value (or
+    an in-place step) needs a small reused buffer, not ``[n, V]``."""
+    sums = tmp.new_empty(n)
     for a in range(0, n, tmp.shape[0]):
         b = min(a + tmp.shape[0], n)
-        yield a, b, tmp[:b - a]
-
-
-def _block_sums(block, n: int, tmp) -> torch.Tensor:
-    """``[n]``: the row sums of ``block(a, b, out)``, an ``[b - a, V]`` tensor written in ``out`` (``_blocks``)."""
-    sums = tmp.new_empty(n)
-    for a, b, out in _blocks(n, tmp):
-        sums[a:b] = block(a, b, out).sum(-1)
+        sums[a:b] = block(a, b, tmp[:b - a]).sum(-1)
     return sums
 
 
