@@ -154,6 +154,12 @@ class _Temp:
         self.s, self.s_t = e.sum(-1), e_t.sum(-1)
         self.cross_t = self.cross_s = self.e_diff = None
 
+    def rows(self, a: int, b: int) -> "_Temp":
+        """The same view of rows ``a:b``."""
+        view = object.__new__(_Temp)
+        view.__dict__ = {k: None if x is None else x[a:b] for k, x in self.__dict__.items()}
+        return view
+
 
 def _diff_terms(at: dict, forward: set, reverse: set, diff, buffer) -> None:
     """The terms of ``d = zt - z`` that forward and reverse KL read, once per temperature: ``sum e_t d``,
@@ -170,21 +176,15 @@ def _diff_terms(at: dict, forward: set, reverse: set, diff, buffer) -> None:
             c.cross_t = torch.mul(c.e_t, diff, out=out).sum(-1)
 
 
-def _block_sums(block, n: int, tmp) -> torch.Tensor:
-    """``[n]``: the row sums of ``block(a, b, out)``, an ``[b - a, V]`` tensor written in ``out``, the first
-    rows of ``tmp``: rows ``0:n`` in blocks of ``tmp``'s rows, so a temporary that only feeds a value (or
-    an in-place step) needs a small reused buffer, not ``[n, V]``."""
-    sums = tmp.new_empty(n)
-    for a in range(0, n, tmp.shape[0]):
-        b = min(a + tmp.shape[0], n)
-        sums[a:b] = block(a, b, tmp[:b - a]).sum(-1)
-    return sums
+# Rows per block of the dense parts: their temporaries are [block, V], ~2^18 entries (1 MB in float32),
+# 32 rows at least. Whole-chunk temporaries (3.3 MB at 410 x 2,000) were fresh pages every step, and a
+# page fault costs more here than the arithmetic on it; a block is reused while still in cache.
+BLOCK_ENTRIES = 1 << 18
 
 
 def _dense_grads(z, labels, zt, losses, w_vec, buffer):
     """As ``_logit_grads`` against dense teacher logits ``zt [n, V]`` (overwritten) with the losses of
-    ``dense_closed``: each loss's ``_DENSE`` part gives its value and its gradient as per-row
-    multiples of the exp buffers and of products of its own. Rows whose values are not finite
+    ``dense_closed``, row block by row block (``_dense_block``). Rows whose values are not finite
     (``-inf`` logits where a loss is infinite, an underflow of both models at one token) are left
     to autograd (distiller_zoo.logit._kl floors them), with the teacher's logits rebuilt from ``e_t``."""
     n, v = z.shape
@@ -200,37 +200,49 @@ def _dense_grads(z, labels, zt, losses, w_vec, buffer):
         zt.sub_(z)   # d = zt - z: the teacher's logits are not needed any more
     at = {t: _Temp(e, e_t[t], (m - m_t)[:, 0] / t) for t, e in _exps(z, m, temps, buffer).items() if t in temps}
     _diff_terms(at, forward, reverse, zt, buffer)
-    tmp = buffer("rows", min(n, max(32, (1 << 20) // v)), v, z)   # the parts' scratch: 2^20 entries, 32 rows at least
-    e1 = z   # exp(z - m), in place (_exps)
-    s1 = at[1.0].s if 1.0 in at else e1.sum(-1)
-    rows, products = [m[:, 0] + s1.log() - z_label], []
-    coef_e, coef_t = {}, {}   # per temperature and row, of e and of e_t in dz
+    s1 = at[1.0].s if 1.0 in at else z.sum(-1)    # z is exp(z - m) now (_exps)
+    values = torch.empty(1 + len(losses), n, dtype=z.dtype, device=z.device)   # per row: CE, each loss
+    values[0] = m[:, 0] + s1.log() - z_label
+    bad = torch.empty(n, dtype=torch.bool, device=z.device)
+    blocks = -(-n // max(32, BLOCK_ENTRIES // v))
+    step = -(-n // blocks)                        # blocks of equal size
+    for a in range(0, n, step):
+        _dense_block(z, a, min(a + step, n), at, s1, losses, w_vec, values, bad, buffer)
+    t0 = next(iter(e_t))
+    teacher_rows = lambda rows: t0 * e_t[t0][rows].log() + m_t[rows]  # noqa: E731  (zt to rounding; -inf below ~-87 T)
+    return _minus_onehot(z, labels, w_vec[0]), _good_sums(values, bad), bad, teacher_rows
+
+
+def _dense_block(e1, a, b, at, s1, losses, w_vec, values, bad, buffer) -> None:
+    """Rows ``a:b``: each loss's ``_DENSE`` part gives its value (into ``values``) and its gradient as
+    per-row multiples of the exp buffers and of products in block buffers of its own; the non-finite
+    rows go into ``bad``, and the gradient w.r.t. the logits over ``e1 = exp(z - m)``, whose block
+    is read before."""
+    view = {t: c.rows(a, b) for t, c in at.items()}
+    coef_e, coef_t, products = {}, {}, []   # per temperature and row, of e and of e_t in dz; products
+    tmp = lambda: buffer("tmp", b - a, e1.shape[1], e1)  # noqa: E731  (shared by the parts, a value's temporary)
     for i, (w, loss) in enumerate(zip(w_vec[1:], losses)):
-        out = lambda i=i: buffer(("part", i), n, v, z)  # noqa: E731  (a loss's own [n, V] buffer, if it needs one)
-        value, ce, ct, prods = _DENSE[type(loss)](loss, at[loss.temperature], out, tmp)
-        rows.append(value)
+        out = lambda i=i: buffer(("part", i), b - a, e1.shape[1], e1)  # noqa: E731  (the loss's product)
+        values[1 + i, a:b], ce, ct, prods = _DENSE[type(loss)](loss, view[loss.temperature], out, tmp)
         for coef, c in ((coef_e, ce), (coef_t, ct)):
             if c is not None:
                 coef[loss.temperature] = coef.get(loss.temperature, 0.0) + w * c
         products += [(p, w * c) for p, c in prods]
-    bad = ~torch.stack(rows + list(coef_e.values())).isfinite().all(0)
-    dz = e1.mul_((w_vec[0] / s1 + coef_e.pop(1.0, 0.0))[:, None])
+    bad[a:b] = ~torch.cat([values[:, a:b], torch.stack(list(coef_e.values()))]).isfinite().all(0)
+    dz = e1[a:b].mul_((w_vec[0] / s1[a:b] + coef_e.pop(1.0, 0.0))[:, None])
     for t, c in coef_e.items():
-        dz.addcmul_(at[t].e, c[:, None])
+        dz.addcmul_(view[t].e, c[:, None])
     for t, c in coef_t.items():
-        dz.addcmul_(at[t].e_t, c[:, None])
+        dz.addcmul_(view[t].e_t, c[:, None])
     for prod, c in products:
         dz.addcmul_(prod, c[:, None])
-    t0 = next(iter(e_t))
-    teacher_rows = lambda rows: t0 * e_t[t0][rows].log() + m_t[rows]  # noqa: E731  (zt to rounding; -inf below ~-87 T)
-    return _minus_onehot(dz, labels, w_vec[0]), _good_sums(rows, bad), bad, teacher_rows
 
 
 # The dense parts: ``(loss, c: _Temp, out, tmp) -> (value [n], coefficient of c.e, of c.e_t,
-# [(product [n, V], coefficient)])``, the gradient w.r.t. the logits being the sum of those per-row
-# multiples. Every loss here is a function of ``log q``, so with ``g = dL/d log q`` that gradient
-# is ``(g - q G) / T``, ``G = sum g``: per-row constants in ``g / q`` cancel. ``out()`` gives the
-# loss's own reused ``[n, V]`` buffer; ``tmp`` is a few rows of scratch space (``_block_sums``).
+# [(product [n, V], coefficient)])`` over a block of rows, the gradient w.r.t. the logits being the
+# sum of those per-row multiples. Every loss here is a function of ``log q``, so with
+# ``g = dL/d log q`` that gradient is ``(g - q G) / T``, ``G = sum g``: per-row constants in ``g / q``
+# cancel. ``out()`` gives the loss's own block buffer (its product), ``tmp()`` one for a temporary.
 
 
 def _forward_kl(loss, c, out, tmp):
@@ -249,9 +261,9 @@ def _reverse_kl(loss, c, out, tmp):
 
 
 def _tvd(loss, c, out, tmp):
-    """``1/2 sum |p - q|``: ``g = q sign(q - p) / 2``, with ``u = q - p`` in ``out``."""
+    """``1/2 sum |p - q|``: ``g = q sign(q - p) / 2``, with ``u = q - p``."""
     u = torch.mul(c.e, (1 / c.s)[:, None], out=out()).addcmul_(c.e_t, (-1 / c.s_t)[:, None])
-    value = 0.5 * _block_sums(lambda a, b, o: torch.abs(u[a:b], out=o), len(u), tmp)
+    value = 0.5 * torch.abs(u, out=tmp()).sum(-1)
     prod = u.sign_().mul_(c.e)                    # e sign(q - p)
     k = 0.5 / (loss.temperature * c.s)
     return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
@@ -264,8 +276,7 @@ def _jsd(loss, c, out, tmp):
     t, b = loss.temperature, loss.beta
     k = b * c.s / ((1 - b) * c.s_t)
     d = torch.addcmul(c.e, c.e_t, k[:, None], out=out())
-    p_log = _block_sums(lambda i, j, o: _xlogy(c.e_t[i:j], torch.div(c.e_t[i:j], d[i:j], out=o), o),
-                        len(d), tmp) / c.s_t + (k / b).log()
+    p_log = _xlogy(c.e_t, torch.div(c.e_t, d, out=tmp()), tmp()).sum(-1) / c.s_t + (k / b).log()
     prod = _xlogy(c.e, torch.div(c.e, d, out=d), d)         # e log(e / D)
     q_log = prod.sum(-1) / c.s                                  # sum q log(e / D)
     value = t * t * (b * p_log + (1 - b) * (q_log - math.log1p(-b)))
@@ -281,8 +292,7 @@ def _skew_kl(loss, c, out, tmp):
     t, a = loss.temperature, loss.skew_alpha
     r = torch.addcmul(c.e_t, c.e, ((1 - a) * c.s_t / (a * c.s))[:, None], out=out())
     r = torch.div(c.e_t, r, out=r)
-    value = t * t * (_block_sums(lambda i, j, o: _xlogy(c.e_t[i:j], r[i:j], o), len(r), tmp) / c.s_t
-                     - math.log(a))
+    value = t * t * (_xlogy(c.e_t, r, tmp()).sum(-1) / c.s_t - math.log(a))
     k = t * (1 - a) / (a * c.s)
     prod = r.mul_(c.e)                             # e R'
     return value, k * prod.sum(-1) / c.s, None, [(prod, -k)]
@@ -295,13 +305,9 @@ def _skew_reverse_kl(loss, c, out, tmp):
     t, a = loss.temperature, loss.skew_alpha
     r = torch.addcmul(c.e, c.e_t, ((1 - a) * c.s / (a * c.s_t))[:, None], out=out())
     r = torch.div(c.e, r, out=r)
-
-    def e_log_r(i, j, o):                              # in o; and e (log r - r) written over r
-        o = _xlogy(c.e[i:j], r[i:j], o)
-        torch.sub(o, r[i:j].mul_(c.e[i:j]), out=r[i:j])
-        return o
-    value = t * t * (_block_sums(e_log_r, len(r), tmp) / c.s - math.log(a))
-    prod, k = r, t / c.s                               # e (log r - r)
+    e_log_r = _xlogy(c.e, r, tmp())
+    value = t * t * (e_log_r.sum(-1) / c.s - math.log(a))
+    prod, k = torch.sub(e_log_r, r.mul_(c.e), out=r), t / c.s      # e (log r - r)
     return value, -k * prod.sum(-1) / c.s, None, [(prod, k)]
 
 

@@ -256,7 +256,7 @@ def test_live_teacher_chunks_are_its_logits_in_one_reused_buffer():
 
 
 def test_at_a_large_vocabulary_the_value_temporaries_go_through_several_row_blocks():
-    """V = 40,000: the scratch buffer holds 32 rows, so 70 rows take three blocks (tvd, jsd, the skews)."""
+    """V = 40,000: the dense parts work on blocks of 32 rows at most, so 70 rows take three (24, 24, 22)."""
     hidden, weight, bias, labels, t_logits = problem(torch.float32, n=70, d=4, v=40_000, seed=10)
     losses = [build_loss(name, OPTS.get(name, {})) for name in SPARSE]
     (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), losses, [0.5] * len(losses), 70)
