@@ -1,6 +1,8 @@
 """The training loop: token-normalised accumulation, exact resume, mixed precision, numerical faults."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 
@@ -10,6 +12,7 @@ import torch
 from settings import ArchConfig, BenchmarkConfig, OptimConfig, TokenizerTrainConfig
 from data_loader import Example, Seq2SeqCollator
 from demo_data import generate
+from distiller_zoo import Objective, build_loss
 from main import main
 from models import scratch_model, train_tokenizer
 from checkpoints import load_checkpoint_file
@@ -137,6 +140,23 @@ def test_random_copy_steps_give_the_loss_parts_a_zero_gradient(tmp_path):
     trainer.optimizer.step = lambda *a, **k: grads.append(trainer.objective.proj.weight.grad)
     trainer.train_step(trainer.window_batches(0, 0))
     assert grads[0] is not None and not grads[0].any()
+
+
+def test_the_teacher_runs_before_the_student_so_their_activations_do_not_stack(tmp_path):
+    """A distillation micro-batch runs the teacher's forward first: its temporaries are freed before
+    the student's forward holds activations for backward, so the two do not add up in the peak."""
+    trainer, _ = make_trainer(tmp_path)
+    teacher = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        teacher.final_logits_bias.normal_()   # a teacher that differs
+    student_job = dataclasses.replace(trainer.job, role="student", teacher=teacher,
+                                      objective=Objective(0.5, [("vanilla_kl", 0.5, build_loss("vanilla_kl", {}))]))
+    trainer = Trainer(student_job, trainer.model, trainer.tokenizer)
+    order = []
+    for name, model in (("teacher", teacher), ("student", trainer.model)):
+        model.get_encoder().register_forward_pre_hook(lambda *_, name=name: order.append(name))
+    stats = trainer.train_step(trainer.window_batches(0, 0))
+    assert order == ["teacher", "student"] and stats["vanilla_kl"] > 0
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

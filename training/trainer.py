@@ -323,17 +323,20 @@ class Trainer(ValidationMixin, CheckpointMixin):
         chunk from its final decoder states (distiller_zoo.fused); the teacher answers through
         the seam (live, cached, ...), whichever kind it is."""
         need = self.objective.requires if self.objective is not None else frozenset()
+        ce_step = self.objective is None or ce_only
+        # The teacher first: its forward's temporaries are freed before the student's activations are
+        # held, so the two do not stack (a lower peak), and the student's forward reuses their memory.
+        teacher = None if ce_step else self.teacher.targets(batch, need)
         out, hidden = self.ddp(batch, need) if self.ddp is not None else decoder_states(self.model, batch, need)
         head = lm_head(self.model, len(self.tokenizer))
         labels = batch["labels"]
-        if self.objective is None or ce_only:
+        if ce_step:
             mask = labels != IGNORE_INDEX
             ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size,
                                           self.job.compile_chunks)
             if ce_only and self.objective is not None:  # DDP waits for a gradient of every trainable parameter:
                 ce = ce + sum(0.0 * p.sum() for p in self.objective.parameters() if p.requires_grad)  # zeros
             return ce, {"ce": ce}
-        teacher = self.teacher.targets(batch, need)
         return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size,
                                     self.job.compile_chunks)
 
