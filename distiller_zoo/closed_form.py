@@ -33,6 +33,7 @@ autograd route, which ``compile_chunks`` fuses.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -124,7 +125,7 @@ def _logit_grads(z, labels, teacher, losses, w_vec, buffer):
         stats[t] = (e, s, log_q_k, rest)
     e1, s1, _, _ = stats[1.0]
     g, loss_rows = _bucket_grads(stats, losses, w_vec[1:], teacher)
-    terms = _good_sums([m[:, 0] + s1.log() - z_label, *loss_rows], bad)
+    terms = _good_sums(torch.stack([m[:, 0] + s1.log() - z_label, *loss_rows]), bad)
     dz = e1.mul_(((w_vec[0] + (_tail_coef(g, stats, 1.0) if 1.0 in g else 0.0)) / s1)[:, None])
     for t in g:
         if t != 1.0:
@@ -154,10 +155,10 @@ class _Temp:
         self.s, self.s_t = e.sum(-1), e_t.sum(-1)
         self.cross_t = self.cross_s = self.e_diff = None
 
-    def rows(self, a: int, b: int) -> "_Temp":
-        """The same view of rows ``a:b``."""
-        view = object.__new__(_Temp)
-        view.__dict__ = {k: None if x is None else x[a:b] for k, x in self.__dict__.items()}
+    def rows(self, rows: slice) -> "_Temp":
+        """The same view of some rows."""
+        view = copy.copy(self)
+        view.__dict__.update({k: x[rows] for k, x in vars(self).items() if x is not None})
         return view
 
 
@@ -177,8 +178,9 @@ def _diff_terms(at: dict, forward: set, reverse: set, diff, buffer) -> None:
 
 
 # Rows per block of the dense parts: their temporaries are [block, V], ~2^18 entries (1 MB in float32),
-# 32 rows at least. Whole-chunk temporaries (3.3 MB at 410 x 2,000) were fresh pages every step, and a
-# page fault costs more here than the arithmetic on it; a block is reused while still in cache.
+# 32 rows at least (4 MB at T5's vocabulary). Whole-chunk temporaries (3.3 MB at 410 x 2,000) were
+# fresh pages every step, and a fresh 4 KB page (~0.9 us to fault in on the bench machine) costs more
+# than a few elementwise passes over it; a block's buffers are reused while still in cache.
 BLOCK_ENTRIES = 1 << 18
 
 
@@ -203,43 +205,49 @@ def _dense_grads(z, labels, zt, losses, w_vec, buffer):
     s1 = at[1.0].s if 1.0 in at else z.sum(-1)    # z is exp(z - m) now (_exps)
     values = torch.empty(1 + len(losses), n, dtype=z.dtype, device=z.device)   # per row: CE, each loss
     values[0] = m[:, 0] + s1.log() - z_label
-    bad = torch.empty(n, dtype=torch.bool, device=z.device)
-    blocks = -(-n // max(32, BLOCK_ENTRIES // v))
-    step = -(-n // blocks)                        # blocks of equal size
+    bad = ~values[0].isfinite()
+    most = min(n, max(32, BLOCK_ENTRIES // v))    # the block buffers' rows, never more in a later chunk
+    step = -(-n // -(-n // most))                 # blocks of equal size
     for a in range(0, n, step):
-        _dense_block(z, a, min(a + step, n), at, s1, losses, w_vec, values, bad, buffer)
+        rows = slice(a, min(a + step, n))
+        values[1:, rows], bad_rows = _dense_block(z, rows, at, s1, losses, w_vec, lambda key: buffer(key, most, v, z))
+        bad[rows] |= bad_rows
     t0 = next(iter(e_t))
     teacher_rows = lambda rows: t0 * e_t[t0][rows].log() + m_t[rows]  # noqa: E731  (zt to rounding; -inf below ~-87 T)
     return _minus_onehot(z, labels, w_vec[0]), _good_sums(values, bad), bad, teacher_rows
 
 
-def _dense_block(e1, a, b, at, s1, losses, w_vec, values, bad, buffer) -> None:
-    """Rows ``a:b``: each loss's ``_DENSE`` part gives its value (into ``values``) and its gradient as
-    per-row multiples of the exp buffers and of products in block buffers of its own; the non-finite
-    rows go into ``bad``, and the gradient w.r.t. the logits over ``e1 = exp(z - m)``, whose block
-    is read before."""
-    view = {t: c.rows(a, b) for t, c in at.items()}
-    coef_e, coef_t, products = {}, {}, []   # per temperature and row, of e and of e_t in dz; products
-    tmp = lambda: buffer("tmp", b - a, e1.shape[1], e1)  # noqa: E731  (shared by the parts, a value's temporary)
+def _dense_block(e1, rows: slice, at, s1, losses, w_vec, block_buffer):
+    """``(each loss's values, non-finite rows)`` on ``rows``, and there the gradient w.r.t. the logits
+    written over ``e1 = exp(z - m)`` once the parts have read it. Each loss's ``_DENSE`` part gives its
+    value and its gradient as per-row multiples of the exp buffers and of a product in its own block
+    buffer (``block_buffer(key)``, sliced to the block's rows)."""
+    view = {t: c.rows(rows) for t, c in at.items()}
+    n = rows.stop - rows.start
+    values, coef_e, coef_t, products = [], {}, {}, []   # per temperature and row, of e and of e_t in dz
+    tmp = lambda: block_buffer("tmp")[:n]  # noqa: E731  (shared by the parts: a value's temporary)
     for i, (w, loss) in enumerate(zip(w_vec[1:], losses)):
-        out = lambda i=i: buffer(("part", i), b - a, e1.shape[1], e1)  # noqa: E731  (the loss's product)
-        values[1 + i, a:b], ce, ct, prods = _DENSE[type(loss)](loss, view[loss.temperature], out, tmp)
+        out = lambda i=i: block_buffer(("part", i))[:n]  # noqa: E731  (the loss's product)
+        value, ce, ct, prods = _DENSE[type(loss)](loss, view[loss.temperature], out, tmp)
+        values.append(value)
         for coef, c in ((coef_e, ce), (coef_t, ct)):
             if c is not None:
                 coef[loss.temperature] = coef.get(loss.temperature, 0.0) + w * c
         products += [(p, w * c) for p, c in prods]
-    bad[a:b] = ~torch.cat([values[:, a:b], torch.stack(list(coef_e.values()))]).isfinite().all(0)
-    dz = e1[a:b].mul_((w_vec[0] / s1[a:b] + coef_e.pop(1.0, 0.0))[:, None])
+    values = torch.stack(values)
+    bad = ~torch.cat([values, torch.stack(list(coef_e.values()))]).isfinite().all(0)
+    dz = e1[rows].mul_((w_vec[0] / s1[rows] + coef_e.pop(1.0, 0.0))[:, None])
     for t, c in coef_e.items():
         dz.addcmul_(view[t].e, c[:, None])
     for t, c in coef_t.items():
         dz.addcmul_(view[t].e_t, c[:, None])
     for prod, c in products:
         dz.addcmul_(prod, c[:, None])
+    return values, bad
 
 
-# The dense parts: ``(loss, c: _Temp, out, tmp) -> (value [n], coefficient of c.e, of c.e_t,
-# [(product [n, V], coefficient)])`` over a block of rows, the gradient w.r.t. the logits being the
+# The dense parts: ``(loss, c: _Temp, out, tmp) -> (value [rows], coefficient of c.e, of c.e_t,
+# [(product [rows, V], coefficient)])`` over a block of rows, the gradient w.r.t. the logits being the
 # sum of those per-row multiples. Every loss here is a function of ``log q``, so with
 # ``g = dL/d log q`` that gradient is ``(g - q G) / T``, ``G = sum g``: per-row constants in ``g / q``
 # cancel. ``out()`` gives the loss's own block buffer (its product), ``tmp()`` one for a temporary.
@@ -330,10 +338,9 @@ def _exps(z, m, temps, buffer) -> dict:
     return out
 
 
-def _good_sums(rows: list, bad) -> torch.Tensor:
-    """``[len(rows)]``: each per-row vector summed over the rows not left to autograd."""
-    good = ~bad
-    return torch.stack([r[good].sum() for r in rows])
+def _good_sums(rows: torch.Tensor, bad) -> torch.Tensor:
+    """``[k]``: the per-row values ``rows [k, n]`` summed over the rows not left to autograd."""
+    return rows[:, ~bad].sum(-1)
 
 
 def _minus_onehot(dz, labels, w_ce):

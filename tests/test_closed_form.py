@@ -265,6 +265,25 @@ def test_at_a_large_vocabulary_the_value_temporaries_go_through_several_row_bloc
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
+def test_row_blocks_over_chunks_of_two_sizes_with_a_fallback_row_equal_autograd(monkeypatch):
+    """Blocks of 32 rows at most (BLOCK_ENTRIES 1): chunks of 80 rows (three blocks of 27, 27, 26) and 30
+    (one), the twelve losses at once, and teacher logit -inf on row 70 (third block), where reverse KL
+    is infinite and autograd takes the row. All equal autograd on full logits."""
+    import distiller_zoo.closed_form as cf
+    monkeypatch.setattr(cf, "BLOCK_ENTRIES", 1)
+    hidden, weight, bias, labels, t_logits = problem(torch.float64, n=110, seed=12)
+    t_logits = t_logits.double()
+    t_logits[70, 2] = -math.inf
+    bad_rows = fallback_rows(monkeypatch)
+    losses = [build_loss(name, opts) for name, opts in ALL_TWICE]
+    weights = [0.3 + 0.1 * i for i in range(len(losses))]
+    (s0, g0), (s1, g1) = both_paths(hidden, weight, bias, labels, Dense(t_logits), losses, weights, 80)
+    assert [r.nonzero()[:, 0].tolist() for r in bad_rows] == [[70], []]
+    torch.testing.assert_close(s0, s1, rtol=1e-10, atol=1e-11)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11 * float(b.abs().max()))
+
+
 def test_x_log_y_equals_torch_xlogy_and_floors_y_only_below_the_smallest_normal_float():
     """``_xlogy`` (vectorised; torch.xlogy is a scalar loop on CPU) at 0, 1, normal, subnormal and NaN."""
     from distiller_zoo.closed_form import _xlogy
