@@ -410,8 +410,8 @@ class DistillConfig:
         "logit losses, which then compare the distributions on those targets. null: the references only.", None)
     chunk_size: Optional[int] = doc("Target positions per chunk of the fused loss: CE and the logit losses run "
                                     "chunk by chunk from the decoder states, never holding [batch, length, vocab] "
-                                    "logits (also the teacher's CE in train_teacher). null: 256, or more below "
-                                    "32,128 vocabulary entries (256 x 32,128 logits per chunk). 0 = the unchunked "
+                                    "logits (also the teacher's CE in train_teacher). null: 128, or more below "
+                                    "32,128 vocabulary entries (128 x 32,128 logits per chunk). 0 = the unchunked "
                                     "path with full logits.", None)
     compile_chunks: bool = doc("torch.compile each chunk's loss and gradient where the fused path uses "
                                "autograd: a teacher of another tokenizer, uld, a custom or subclassed loss, "

@@ -289,11 +289,11 @@ def test_sparse_teacher_with_the_whole_vocabulary_is_the_dense_loss(name):
     torch.testing.assert_close(gs, gd, rtol=1e-4, atol=1e-6)
 
 
-def test_the_default_chunk_holds_256_positions_at_t5s_vocabulary_and_more_below_it():
+def test_the_default_chunk_holds_128_positions_at_t5s_vocabulary_and_more_below_it():
     from distiller_zoo.fused import positions_per_chunk
-    assert positions_per_chunk(None, 32128) == 256
-    assert positions_per_chunk(None, 50265) == 256           # BART: never fewer than 256
-    assert positions_per_chunk(None, 2000) == 4112           # 256 x 32,128 logits
+    assert positions_per_chunk(None, 32128) == 128
+    assert positions_per_chunk(None, 50265) == 128           # BART: never fewer than 128
+    assert positions_per_chunk(None, 2000) == 2056           # 128 x 32,128 logits
     assert positions_per_chunk(7, 2000) == 7 and positions_per_chunk(0, 2000) == 0   # as configured
 
 
