@@ -18,6 +18,8 @@ Each pair is tokenized and aligned once per run.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -69,8 +71,8 @@ class CrossTokenizerCollator:
             student_side, teacher_side = self.sides
             if self.causal:
                 tt = self.teacher_tok
-                prompt = tt(self.template.format(prefix=self.student.prefix, source=source), truncation=True,
-                             max_length=self.student.max_source_length).input_ids
+                prompt = tt(fill_template(self.template, prefix=self.student.prefix, source=source),
+                            truncation=True, max_length=self.student.max_source_length).input_ids
                 body = tt(" " * teacher_side.shift + target, add_special_tokens=False, truncation=True,
                           max_length=self.student.max_target_length - 1).input_ids
                 t_ids = body + [tt.eos_token_id]
@@ -101,6 +103,15 @@ class CrossTokenizerCollator:
         """Share of the student target positions of ``pairs`` that receive a teacher signal."""
         index = np.concatenate([self.teacher_row(p)[2] for p in dict.fromkeys(pairs)])
         return float((index >= 0).mean()) if index.size else 0.0
+
+
+def fill_template(template: str, **values: str) -> str:
+    """``template`` with each ``{name}`` replaced by ``values[name]`` and ``{{``/``}}`` by a brace, in one
+    pass. Plain substitution, not ``str.format``: a template is data, and nothing in it is evaluated
+    (``{source.__class__}`` stays as written, should one ever slip past the config's validation)."""
+    names = "|".join(map(re.escape, values))
+    return re.sub(r"\{\{|\}\}|\{(" + names + r")\}",
+                  lambda m: values[m.group(1)] if m.group(1) else m.group()[0], template)
 
 
 def _pad(rows, value: int, mask: bool = False):

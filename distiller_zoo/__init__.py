@@ -21,13 +21,16 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 
-from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, gather_target_logits
+from distiller_zoo.base import (IGNORE_INDEX, DistillationLoss, LogitLoss, LossConfigError, LossOutputError,
+                                gather_target_logits, probe, user_call)
 from distiller_zoo.logit import GeneralizedJSD, ReverseKL, SkewKL, SkewReverseKL, TotalVariation, VanillaKL
 from distiller_zoo.objective import Objective, cross_entropy_sum
 from distiller_zoo.feature import HiddenCosine, HiddenMSE
 from distiller_zoo.attention import AttentionKL, AttentionMSE
 from distiller_zoo.uld import ULD
+from utils.errors import one_line
 
 LOSSES: dict[str, type[DistillationLoss]] = {
     "vanilla_kl": VanillaKL,
@@ -44,10 +47,6 @@ LOSSES: dict[str, type[DistillationLoss]] = {
 }
 
 
-class LossConfigError(ValueError):
-    """A loss name or option in the config is wrong."""
-
-
 def loss_class(name: str) -> type[DistillationLoss]:
     """The class for a config name: a key of :data:`LOSSES`, or ``"package.module:Class"`` for a
     user's own loss (a subclass of :class:`DistillationLoss` or :class:`LogitLoss`)."""
@@ -59,12 +58,7 @@ def loss_class(name: str) -> type[DistillationLoss]:
     module_name, _, attr = name.partition(":")
     if os.getcwd() not in sys.path:  # `python main.py` puts the project on sys.path, not the working directory
         sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any failure while importing the user's module is a config problem
-        first = (str(e).splitlines() or [""])[0]
-        raise LossConfigError(f"loss {name!r}: cannot import module {module_name!r} ({type(e).__name__}: {first}); "
-                              f"put it in the working directory or on PYTHONPATH") from None
+    module = import_user_module(name, module_name)
     cls = getattr(module, attr, None)
     if cls is None:
         raise LossConfigError(f"loss {name!r}: module {module_name!r} has no {attr!r}")
@@ -77,6 +71,30 @@ def loss_class(name: str) -> type[DistillationLoss]:
     return cls
 
 
+def import_user_module(name: str, module_name: str):
+    """Import a user's loss module; an exit or any error in it is a one-line LossConfigError (Ctrl-C
+    passes): importing user code must not end the run looking like a success."""
+    try:
+        return user_call(f"loss {name!r}: importing {module_name}", importlib.import_module, module_name,
+                         refusals=(Exception,))
+    except LossConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure while importing the user's module is a config problem
+        missing = isinstance(e, ModuleNotFoundError) and f"{module_name}.".startswith(f"{e.name}.")
+        where = "put it in the working directory or on PYTHONPATH" if missing else \
+            f"the error is inside the module{_where(e)}"
+        raise LossConfigError(f"loss {name!r}: cannot import module {module_name!r} ({type(e).__name__}: "
+                              f"{one_line(e, 120)}); {where}") from None
+
+
+def _where(e: BaseException) -> str:
+    """`` (file.py, line N)``: where the user's code failed (the innermost frame, or the syntax error's)."""
+    if isinstance(e, SyntaxError) and e.filename:
+        return f" ({os.path.basename(e.filename)}, line {e.lineno})"
+    frames = traceback.extract_tb(e.__traceback__)
+    return f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
+
+
 def build_loss(name: str, params: dict | None = None) -> DistillationLoss:
     """Instantiate the loss ``name`` (see :func:`loss_class`) with keyword options ``params``."""
     cls = loss_class(name)
@@ -86,12 +104,17 @@ def build_loss(name: str, params: dict | None = None) -> DistillationLoss:
         raise LossConfigError(f"loss {name!r} has no option {', '.join(map(repr, unknown))}; "
                               f"its options: {', '.join(accepted) or 'none'}")
     try:
-        return cls(**(params or {}))
+        loss = user_call(f"loss {name!r}: {cls.__name__}(...)", cls, **(params or {}))
     except (TypeError, ValueError) as e:
+        if isinstance(e, LossConfigError):
+            raise
         raise LossConfigError(f"loss {name!r}: {e}") from None
+    if type(loss).bind is DistillationLoss.bind:  # else divergence may need bind first: Objective.bind probes it
+        probe(loss)
+    return loss
 
 
-__all__ = ["LOSSES", "build_loss", "loss_class", "LossConfigError", "Objective", "cross_entropy_sum",
-           "DistillationLoss", "LogitLoss", "VanillaKL", "ReverseKL", "GeneralizedJSD", "TotalVariation", "SkewKL",
-           "SkewReverseKL", "ULD", "HiddenMSE", "HiddenCosine", "AttentionKL", "AttentionMSE", "gather_target_logits",
-           "IGNORE_INDEX"]
+__all__ = ["LOSSES", "build_loss", "loss_class", "LossConfigError", "LossOutputError", "Objective",
+           "cross_entropy_sum", "DistillationLoss", "LogitLoss", "VanillaKL", "ReverseKL", "GeneralizedJSD",
+           "TotalVariation", "SkewKL", "SkewReverseKL", "ULD", "HiddenMSE", "HiddenCosine", "AttentionKL",
+           "AttentionMSE", "gather_target_logits", "IGNORE_INDEX"]

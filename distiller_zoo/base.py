@@ -19,6 +19,8 @@ Logit losses subclass :class:`LogitLoss` and implement only ``divergence`` on th
 log-probabilities of the N unmasked target positions. Masking, vocabulary slicing, the
 temperature and summation live in one place, so the fused chunked objective, a cached
 sparse teacher or a cross-tokenizer alignment feed them without touching the losses.
+Every caller reads ``divergence`` through :meth:`LogitLoss.checked_divergence`, which refuses a
+result that is not one value per row; :func:`probe` tries a loss on a tiny input before training.
 """
 from __future__ import annotations
 
@@ -29,7 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.errors import UserError, one_line
+
 IGNORE_INDEX = -100
+
+
+class LossConfigError(ValueError):
+    """A loss name or option in the config is wrong."""
+
+
+class LossOutputError(LossConfigError, UserError):
+    """A loss's ``divergence`` returned something other than one value per row. A config error when
+    found by :func:`probe`, a one-line :class:`UserError` when found in training."""
 
 
 class DistillationLoss(nn.Module, ABC):
@@ -80,7 +93,18 @@ class LogitLoss(DistillationLoss):
     def token_losses(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """``[N, V]`` logits of both models -> ``[N]`` per-token loss (dense teacher)."""
         t = self.temperature
-        return self.divergence(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1))
+        return self.checked_divergence(F.log_softmax(student_logits / t, dim=-1),
+                                       F.log_softmax(teacher_logits / t, dim=-1))
+
+    def checked_divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        """``divergence`` with its shape checked: every caller goes through here, so a user's loss
+        that returns a scalar or ``[N, V]`` is refused instead of silently reduced by ``.sum()``."""
+        out = self.divergence(log_q, log_p)
+        if not isinstance(out, torch.Tensor) or out.shape != log_q.shape[:1]:
+            got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else _shape(out.shape)
+            raise LossOutputError(f"loss {loss_path(self)!r}: divergence must return one value per row, shape "
+                                  f"{_shape(log_q.shape[:1])} for {_shape(log_q.shape)} inputs; got {got}")
+        return out
 
     def sparse_token_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
         """``[N, V]`` student logits against a top-K teacher (a ``SparseChunk``) -> ``[N]``.
@@ -97,7 +121,7 @@ class LogitLoss(DistillationLoss):
         else:
             log_q_rest = log_q.scatter(-1, ids, -math.inf).logsumexp(-1)
         log_q = torch.cat([log_q.gather(-1, ids), log_q_rest.unsqueeze(-1)], dim=-1)
-        return self.divergence(log_q, teacher.buckets(t))
+        return self.checked_divergence(log_q, teacher.buckets(t))
 
     def aligned_token_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
         """``[n, V]`` student logits against a teacher with another tokenizer (an ``AlignedChunk``) -> ``[n]``.
@@ -107,7 +131,7 @@ class LogitLoss(DistillationLoss):
         teacher signal get 0."""
         t, rows = self.temperature, teacher.rows
         log_q = F.log_softmax(student_logits[rows][:, teacher.vmap.student_ids] / t, dim=-1)
-        per_row = self.divergence(log_q, teacher.shared_logp(t))
+        per_row = self.checked_divergence(log_q, teacher.shared_logp(t))
         return student_logits.new_zeros(teacher.n, dtype=per_row.dtype).index_add(0, rows, per_row)
 
     def chunk_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
@@ -123,6 +147,47 @@ class LogitLoss(DistillationLoss):
 
     def describe(self) -> str:
         return f"{type(self).__name__}(T={self.temperature:g})"
+
+
+def loss_path(loss: nn.Module) -> str:
+    """``module:Class``, the config name of a user's loss (messages name the loss by it)."""
+    return f"{type(loss).__module__}:{type(loss).__qualname__}"
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def user_call(what: str, fn, *args, refusals: tuple = (ValueError, TypeError), **kwargs):
+    """``fn(*args, **kwargs)``, a call into a loss's (maybe a user's) code: an exit or an error becomes a
+    one-line :class:`LossConfigError` naming ``what``, so that a user's module cannot end the run
+    silently. ``refusals`` (the documented ways to refuse options) and Ctrl-C pass through."""
+    try:
+        return fn(*args, **kwargs)
+    except LossConfigError:
+        raise
+    except SystemExit as e:
+        code = "" if e.code is None else repr(e.code)
+        raise LossConfigError(f"{what} called sys.exit({code}); a loss must not exit the program") from None
+    except Exception as e:  # noqa: BLE001 - whatever a user's code raises is reported in one line
+        if isinstance(e, refusals):
+            raise
+        raise LossConfigError(f"{what} raised {type(e).__name__}: {one_line(e, 120)}") from None
+
+
+def probe(loss: DistillationLoss) -> None:
+    """Call a logit loss's ``divergence`` on a tiny input and refuse a wrong shape, a non-tensor or a
+    non-finite result, before anything is trained or written."""
+    if not isinstance(loss, LogitLoss):
+        return
+    # fixed values, not the global RNG: probing must not change the training's random stream
+    z = torch.arange(15, dtype=torch.float32).reshape(3, 5).sin()
+    log_q, log_p = F.log_softmax(z, -1), F.log_softmax(z.flip(0), -1)
+    out = user_call(f"loss {loss_path(loss)!r}: divergence", loss.checked_divergence, log_q, log_p, refusals=())
+    if not torch.isfinite(out).all():
+        raise LossOutputError(f"loss {loss_path(loss)!r}: divergence returned {out.tolist()} (not finite) on a "
+                              f"small valid input; it must return finite values")
+    user_call(f"loss {loss_path(loss)!r}: describe()", loss.describe, refusals=())
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

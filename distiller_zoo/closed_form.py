@@ -369,7 +369,8 @@ def _bucket_grads(stats, losses, weights, teacher):
     if not losses:
         return {}, []
     with torch.enable_grad():
-        rows = [loss.divergence(leaves[loss.temperature], teacher.buckets(loss.temperature)) for loss in losses]
+        rows = [loss.checked_divergence(leaves[loss.temperature], teacher.buckets(loss.temperature))
+                for loss in losses]
         total = sum((w * r.sum() for w, r in zip(weights, rows)))
         used = sorted({loss.temperature for loss in losses})
         g = torch.autograd.grad(total, [leaves[t] for t in used])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, upcast
+from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, loss_path, probe, upcast, user_call
 from distiller_zoo.fused import fused_logit_objective
 
 
@@ -62,9 +62,12 @@ class Objective(nn.Module):
         return "loss = " + " + ".join(parts)
 
     def bind(self, student_config, teacher_config) -> None:
-        """Let every loss adapt to the two architectures (layer maps, projections)."""
+        """Let every loss adapt to the two architectures (layer maps, projections), then try each on
+        a tiny input: a bad loss fails here, before anything is trained (a ValueError names it)."""
         for loss in self.losses:
-            loss.bind(student_config, teacher_config)
+            user_call(f"loss {loss_path(loss)!r}: bind", loss.bind, student_config, teacher_config,
+                      refusals=(ValueError,))
+            probe(loss)
 
     def fused(self, student_out, hidden, head, teacher, labels, attention_mask=None, chunk_size: int = 0,
               compile: bool = False):

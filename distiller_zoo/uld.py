@@ -42,7 +42,7 @@ class ULD(LogitLoss):
 
     def aligned_token_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:
         t, rows = self.temperature, teacher.rows
-        per_row = self.divergence(F.log_softmax(student_logits[rows] / t, dim=-1), teacher.full_logp(t))
+        per_row = self.checked_divergence(F.log_softmax(student_logits[rows] / t, dim=-1), teacher.full_logp(t))
         return student_logits.new_zeros(teacher.n, dtype=per_row.dtype).index_add(0, rows, per_row)
 
     def sparse_token_losses(self, student_logits: torch.Tensor, teacher) -> torch.Tensor:

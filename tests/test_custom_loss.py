@@ -62,6 +62,8 @@ BAD = {
     "plain_mod:NotALoss": "NotALoss must be a class subclassing distiller_zoo.DistillationLoss",
     "plain_mod:helper": "helper must be a class subclassing distiller_zoo.DistillationLoss",
     "plain_mod:Abstract": "Abstract does not implement divergence",
+    "plain_mod:Scalar": "divergence must return one value per row, shape [3] for [3, 5] inputs; got []",
+    "exiting_mod:Loss": "importing exiting_mod called sys.exit(0)",
     "nonsense": "unknown loss 'nonsense'",
 }
 
@@ -69,8 +71,11 @@ BAD = {
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_custom_losses_are_one_line_errors(name, tmp_path, monkeypatch, tiny_config_dict, write_config, capsys):
     (tmp_path / "broken_mod.py").write_text("def f(:\n")
+    (tmp_path / "exiting_mod.py").write_text("import sys\nsys.exit(0)\n")
     (tmp_path / "plain_mod.py").write_text("from distiller_zoo import LogitLoss\nclass NotALoss:\n    pass\n"
-                                           "def helper():\n    pass\nclass Abstract(LogitLoss):\n    pass\n")
+                                           "def helper():\n    pass\nclass Abstract(LogitLoss):\n    pass\n"
+                                           "class Scalar(LogitLoss):\n    def divergence(self, q, p):\n"
+                                           "        return (p - q).sum()\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LossConfigError, match=re.escape(BAD[name])):
         build_loss(name)
