@@ -6,6 +6,8 @@ run a resumable ``python main.py`` subprocess (:mod:`.runs`), then one table of 
 intervals, each method against the CE-only student (:mod:`.aggregate`, :mod:`.table`). The study
 file (:mod:`.config`) names a project config and the methods. Rerunning the command after a kill
 continues where it stopped.
+Every check that can refuse (paths of the wrong kind, damaged files the study or its runs wrote,
+``--aggregate-only`` before the runs finished: :mod:`.checks`) runs before the first file is written.
 
 ``<study_dir>`` (the study file's ``output_dir``)::
 
@@ -31,24 +33,19 @@ from utils.logs import attach_log_file, log, setup_logging
 
 
 def run_study(config_path: str | Path, launch=None, aggregate_only: bool = False) -> dict:
-    """Split, run what is unfinished, aggregate; returns the results (also written as files)."""
-    from settings import load_config
-    from benchmark.study.runs import execute, plan
-    from benchmark.study.split import data_overrides, study_split, write_split
-    study, base = load_study(config_path)
-    study_dir = Path(study.output_dir).resolve()
+    """Split, run what is unfinished, aggregate; returns the results (also written as files).
+    Every check that can refuse runs before the first file is written."""
+    from benchmark.study.runs import execute
+    from benchmark.study.split import write_split
     setup_logging()
-    attach_log_file(study_dir / "logs" / "study.log")
-    common = [s.replace(STUDY_DIR, str(study_dir)) for s in study.overrides]
-    base_cfg = load_config(base, common)
+    study, study_dir, base_cfg, split, runs = _prepare(config_path, aggregate_only)
+    attach_log_file(study_dir / "logs" / "study.log")  # the first write
     log.info("study %s: %d methods (%s) x seeds %s in %s", config_path, len(study.method_names),
              ", ".join(study.method_names), study.seeds, study_dir)
-    split = study_split(base_cfg.data, study.test_sources, study.validation_sources, study.split_seed)
-    paths = write_split(split, study_dir / "split")
+    write_split(split, study_dir / "split")
     log.info("study split: train %d, validation %d, test %d sources (%d test references), transfer set %d "
              "unlabeled sources, in %s", *(len(split[k]) for k in ("train", "validation", "test")),
              sum(len(e.references) for e in split["test"]), len(split["unlabeled"]), study_dir / "split")
-    runs = plan(study, base, study_dir, data_overrides(paths, base_cfg.data))
     if not aggregate_only:
         execute(runs, study_dir / "logs", launch)
     results = collect(study, study_dir, split, base_cfg.benchmark)
@@ -58,6 +55,28 @@ def run_study(config_path: str | Path, launch=None, aggregate_only: bool = False
     atomic_write_text(study_dir / "study_table.md", render_table(results))
     log.info("study results: %s and %s", study_dir / "study_results.json", study_dir / "study_table.md")
     return results
+
+
+def _prepare(config_path, aggregate_only: bool):
+    """The study, its directory, base config, split and runs, every check passed; writes nothing."""
+    from settings import load_config
+    from benchmark.study import checks
+    from benchmark.study.runs import check_settings, plan
+    from benchmark.study.split import check_split, data_overrides, split_paths, study_split
+    study, base = load_study(config_path)
+    study_dir = Path(study.output_dir).resolve()
+    base_cfg = load_config(base, [s.replace(STUDY_DIR, str(study_dir)) for s in study.overrides])
+    split = study_split(base_cfg.data, study.test_sources, study.validation_sources, study.split_seed)
+    runs = plan(study, base, study_dir, data_overrides(split_paths(split, study_dir / "split"), base_cfg.data))
+    checks.check_layout(config_path, study_dir, runs)
+    checks.check_option_paths(runs)
+    if aggregate_only:
+        checks.check_all_finished(runs, study_dir, config_path)
+    check_split(split, study_dir / "split")
+    for run in runs:
+        check_settings(run)
+    checks.check_finished_runs(runs, [e.source for e in split["test"]])
+    return study, study_dir, base_cfg, split, runs
 
 
 def collect(study: StudyConfig, study_dir: Path, split: dict, bench) -> dict:

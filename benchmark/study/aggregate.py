@@ -20,7 +20,6 @@ over seeds.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from benchmark.verdict import TRIVIAL  # name -> what the trivial system does
 from metrics.bootstrap import _percentile_interval, metric_statistics, resampled_scores
 from metrics.style import StyleClassifier
+from benchmark.study.readers import damaged, fields, latency_value, read_json, read_jsonl
 from utils.errors import UserError
 
 METRICS = {"sacrebleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L", "style_nontoxic": "non-toxic %"}
@@ -50,21 +50,47 @@ class System:
     runs: dict[int, SystemRun] = field(default_factory=dict)  # seed -> outputs (one entry for fixed systems)
 
 
+def rebenchmark(run_dir: Path) -> str:
+    """The fix for a damaged report of a finished run: its models are kept, its benchmark redone."""
+    return (f"delete {Path(run_dir) / 'benchmark_results.json'} and rerun the study (without --aggregate-only): "
+            f"that run is benchmarked again, its trained models are kept")
+
+
 def read_predictions(path: Path, sources: list[str]) -> list[str]:
     """The predictions of a benchmark's predictions_<name>.jsonl, checked against the test sources."""
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
+        if (path.parent / "benchmark_results.json").is_file():
+            raise UserError(f"{path} is missing from a finished run; {rebenchmark(path.parent)}")
         raise UserError(f"{path} is missing: its run has not finished; run the study (without --aggregate-only)")
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-    if [r["source"] for r in rows] != sources:
+    rows = read_jsonl(path, rebenchmark(path.parent), lambda r: fields(r, source=str, prediction=str))
+    got = [r["source"] for r in rows]
+    if len(got) < len(sources) and got == sources[:len(got)]:
+        raise damaged(path, f"cut short: {len(got)} of {len(sources)} test sources", rebenchmark(path.parent))
+    if got != sources:
         raise UserError(f"{path}: its sources are not the study's test split (in order): the run was benchmarked "
                         f"on other data; delete its run directory and rerun the study")
     return [r["prediction"] for r in rows]
 
 
 def latency(results_path: Path, name: str) -> float | None:
-    """latency_p50_ms of model ``name`` in a benchmark_results.json."""
-    records = json.loads(Path(results_path).read_text(encoding="utf-8"))["models"]
-    return next((r.get("latency_p50_ms") for r in records if r["name"] == name), None)
+    """latency_p50_ms of model ``name`` in a benchmark_results.json (which must list it)."""
+    fix = rebenchmark(Path(results_path).parent)
+    records = read_json(results_path, fix, _results_problem)["models"]
+    record = next((r for r in records if r["name"] == name), None)
+    if record is None:
+        raise damaged(results_path, f"it lists no model {name!r}", fix)
+    return record.get("latency_p50_ms")
+
+
+def _results_problem(data) -> str:
+    why = fields(data, models=list)
+    for i, r in enumerate([] if why else data["models"]):
+        if fields(r, name=str):
+            return f"models[{i}]: {fields(r, name=str)}"
+        if not latency_value(r.get("latency_p50_ms")):
+            return f"models[{i}].latency_p50_ms is {r['latency_p50_ms']!r:.40}"
+    return why
 
 
 def aggregate(systems: list[System], test, train, n_resamples: int, confidence: float, seed: int = 0) -> dict:

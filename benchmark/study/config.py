@@ -54,6 +54,8 @@ class StudyConfig:
     def __post_init__(self):
         if not self.base_config:
             raise ValueError("base_config: missing; name the project config the runs start from")
+        if not self.output_dir.strip():
+            raise ValueError("output_dir: empty; name the study's directory, e.g. runs/study")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(not 0 <= s < 2**32 for s in self.seeds):
             raise ValueError(f"seeds: give distinct seeds in [0, 2^32), got {self.seeds}")
         for name in ("test_sources", "validation_sources"):
@@ -92,6 +94,9 @@ def load_study(path: str | Path) -> tuple[StudyConfig, Path]:
         raise UserError(f"{path}: {e.key}: {e.msg}") from None
     base = Path(study.base_config)
     base = base if base.is_absolute() else path.resolve().parent / base
+    if base.is_dir() or (base.exists() and not base.is_file()):
+        raise UserError(f"{path}: base_config: {base} is {'a directory' if base.is_dir() else 'no regular file'}, "
+                        f"not a config file; name the project config (.yaml or .json) the runs start from")
     if not base.is_file():
         raise UserError(f"{path}: base_config: {base} not found; name an existing project config "
                         f"(relative to the study file's directory)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.study.config import STUDY_DIR, StudyConfig
+from benchmark.study.readers import fields, read_json, str_list
 from benchmark.verdict import TRIVIAL  # name -> what the trivial system does
 from utils.errors import UserError
 from utils.files import atomic_write_text
@@ -137,9 +138,12 @@ def _check(cfg, method: str) -> None:
 def execute(runs: list[StudyRun], log_dir: Path, launch=None) -> None:
     """Run what is not finished, in order; one log line per run started, skipped or finished."""
     launch = launch or run_logged
+    for run in runs:  # every refusal before the first run starts
+        check_settings(run)
     for i, run in enumerate(runs, 1):
         what = "resuming" if run.directory.exists() else "started"
-        _check_same_settings(run)
+        if check_settings(run):
+            atomic_write_text(run.directory / RECORD, json.dumps(_settings_now(run), indent=1) + "\n")
         if run.done.exists():
             log.info("study run %s: skipped (%d/%d; finished earlier: %s exists)", run.name, i, len(runs), run.done)
             continue
@@ -153,19 +157,34 @@ def execute(runs: list[StudyRun], log_dir: Path, launch=None) -> None:
         log.info("study run %s: finished in %s", run.name, _duration(time.monotonic() - t0))
 
 
-def _check_same_settings(run: StudyRun) -> None:
+RECORD = "study_run.json"  # in a run directory: the settings it was started with
+
+
+def _settings_now(run: StudyRun) -> dict:
+    return {"args": run.command[2:], "settings": run.settings}  # the command without the interpreter's path
+
+
+def check_settings(run: StudyRun) -> bool:
     """A run directory is continued or kept only for the same settings (recorded at its start): an
-    edited study file or base config must not mix results of two settings in one table."""
-    record = run.directory / "study_run.json"
-    now = {"args": run.command[2:], "settings": run.settings}  # the command without the interpreter's path
-    before = json.loads(record.read_text(encoding="utf-8")) if record.exists() else now
+    edited study file or base config must not mix results of two settings in one table. True when
+    the record is to be written (none yet, or one from before settings were recorded). Writes nothing."""
+    now = _settings_now(run)
+    before = _read_record(run) if (run.directory / RECORD).exists() else None
+    if before is None:
+        return True
     changed = ("the study file changed" if before["args"] != now["args"] else
                _first_difference(before.get("settings", run.settings), run.settings, "its base config changed: "))
     if changed:
         raise UserError(f"study run {run.name}: {run.directory} was run with other settings ({changed}); delete that "
                         f"directory to run it again, or use another output_dir")
-    if before != now or not record.exists():  # a record from before settings were recorded gets them
-        atomic_write_text(record, json.dumps(now, indent=1) + "\n")
+    return before != now
+
+
+def _read_record(run: StudyRun) -> dict:
+    fix = (f"the settings {run.name} was started with are unknown: delete {run.directory} and rerun the study "
+           f"to redo that run")
+    return read_json(run.directory / RECORD, fix, lambda r: fields(r, args=str_list) or (
+        "" if isinstance(r.get("settings", {}), dict) else "'settings' is no object"))
 
 
 def _first_difference(old, new, prefix: str, key: str = "") -> str:

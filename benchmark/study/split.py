@@ -21,9 +21,11 @@ import json
 import random
 from pathlib import Path
 
+from benchmark.study.readers import fields, read_jsonl, str_list
 from data_loader import Example, load_splits, unlabeled_sources
 from utils.errors import UserError
 from utils.files import atomic_write_text
+from utils.logs import log
 
 SPLITS = ("train", "validation", "test")
 
@@ -51,26 +53,81 @@ def write_split(split: dict[str, list[Example]], directory: Path) -> dict[str, P
     """Write the split's files (or check that the ones there are the same) and return their paths.
 
     A study directory whose split was cut from other data or settings is refused: its finished runs
-    would be compared with runs on another test set."""
-    paths = {}
+    would be compared with runs on another test set. A damaged file (it does not parse as a split, or
+    is cut short) is rebuilt, with a warning: the split is a function of the data and the seeds."""
+    texts = split_texts(split)
+    rebuild = check_split(split, directory)  # every refusal before the first write
+    for name, why in rebuild.items():
+        if why != "missing":
+            log.warning("study split: %s was damaged (%s); rebuilt it from the data and the study's seeds",
+                        Path(directory) / f"{name}.jsonl", why)
+        atomic_write_text(Path(directory) / f"{name}.jsonl", texts[name])
+    return split_paths(split, directory)
+
+
+def split_paths(split: dict, directory: Path) -> dict[str, Path]:
+    """Where :func:`write_split` puts each file (nothing is written)."""
+    return {name: (Path(directory) / f"{name}.jsonl").resolve() for name in split_texts(split)}
+
+
+def split_texts(split: dict) -> dict[str, str]:
     rows = {name: [{"source": e.source, "references": e.references} for e in split[name]] for name in SPLITS}
     if split.get("unlabeled"):
         rows["unlabeled"] = [{"source": s} for s in split["unlabeled"]]
-    for name, records in rows.items():
+    return {name: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records) for name, records in rows.items()}
+
+
+def check_split(split: dict, directory: Path) -> dict[str, str]:
+    """name -> why its file is to be (re)written ('missing' or its damage), for the files not holding the
+    split; refuses a file that parses as a split and holds another one. Writes nothing."""
+    rebuild = {}
+    for name, text in split_texts(split).items():
         path = Path(directory) / f"{name}.jsonl"
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        if path.exists() and path.read_text(encoding="utf-8") != text:
+        why = _file_state(path, text, name)
+        if why == _OTHER:
             raise UserError(f"{path} holds another split (the data, test_sources, validation_sources or split_seed "
-                            f"changed); use another output_dir for this study, or delete {directory.parent}")
-        if not path.exists():
-            atomic_write_text(path, text)
-        paths[name] = path.resolve()
-    return paths
+                            f"changed); use another output_dir for this study, or delete {Path(directory).parent}")
+        if why:
+            rebuild[name] = why
+    return rebuild
+
+
+_OTHER = "another split"
+
+
+def _file_state(path: Path, text: str, name: str) -> str:
+    """'' when ``path`` holds ``text``; else 'missing', what damaged it, or _OTHER."""
+    if not path.exists():
+        return "missing"
+    try:
+        old = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text at byte {e.start}"
+    if old == text:
+        return ""
+    if text.startswith(old):
+        return "cut short"
+    for i, line in enumerate(old.splitlines(), 1):
+        try:
+            why = _row_problem(json.loads(line), name) if line.strip() else ""
+        except (ValueError, RecursionError):
+            why = "not JSON"
+        if why:
+            return f"line {i}: {why}"
+    return _OTHER
+
+
+def _row_problem(row, name: str) -> str:
+    if name == "unlabeled":
+        return fields(row, source=str) or ("keys other than 'source'" if len(row) != 1 else "")
+    return fields(row, source=str, references=str_list) or (
+        "keys other than 'source' and 'references'" if len(row) != 2 else "")
 
 
 def read_split_file(path: Path) -> list[Example]:
-    """The examples of a split file written by :func:`write_split`."""
-    return [Example(**json.loads(line)) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    """The examples of a split file written by :func:`write_split` (labeled: train, validation, test)."""
+    fix = "delete it and rerun the study: it is rebuilt from the data"
+    return [Example(**row) for row in read_jsonl(Path(path), fix, lambda row: _row_problem(row, "test"))]
 
 
 def data_overrides(paths: dict[str, Path], data_cfg=None) -> list[str]:
