@@ -10,15 +10,18 @@ configured, the teacher's distributions are then compared on the pseudo-label ta
 Decoding is batched and sorted by length (:func:`generation.generate_texts`) and cached::
 
     <cache_dir>/<fingerprint>/manifest.json     what the fingerprint covers, in readable form
-    <cache_dir>/<fingerprint>/shard_00000.json  {"sources": [...], "outputs": [...]}
+    <cache_dir>/<fingerprint>/shard_00000.json  {"fingerprint": ..., "sources": [...], "outputs": [...]}
 
 The fingerprint hashes the teacher's weights, its tokenizer, the sources (in order), the prefix,
 ``data.max_source_length`` and every decoding setting, so a changed input never reuses stale
 labels and an unchanged one is never decoded twice. Shards are written atomically, in order of
 source length; an interrupted run finds the shards already written and decodes only the rest.
+A shard that is not exactly what this run would write (damaged, cut, another shard_size) is
+decoded again with a warning; the manifest is written, never read.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +32,7 @@ import torch
 
 from data_loader import Example, training_pairs, unlabeled_sources
 from generation import generate_texts, generation_config
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 from utils.files import atomic_write_text, write_json
 from utils.logs import log
 
@@ -87,10 +90,11 @@ def label_sources(model, tokenizer, sources: list[str], directory: Path, *, gen_
     """{source: generated text}, decoding only the shards that ``directory`` does not hold yet."""
     order = sorted(sources, key=len)  # length-homogeneous shards: little padding inside generate
     shards = [order[i:i + shard_size] for i in range(0, len(order), shard_size)]
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / "manifest.json", {"sources": len(sources), "prefix": prefix,
-                                             "max_source_length": max_source_length,
-                                             "generation": gen_config.to_dict(), "shard_size": shard_size})
+    _writable_dir(directory)
+    with _user_paths(directory):
+        write_json(_file_slot(directory / "manifest.json"), {
+            "sources": len(sources), "prefix": prefix, "max_source_length": max_source_length,
+            "generation": gen_config.to_dict(), "shard_size": shard_size})
     outputs, reused, t0 = {}, 0, time.perf_counter()
     for n, shard in enumerate(shards):
         path = directory / f"shard_{n:05d}.json"
@@ -99,7 +103,9 @@ def label_sources(model, tokenizer, sources: list[str], directory: Path, *, gen_
             texts, _ = generate_texts(model, tokenizer, shard, prefix=prefix, max_source_length=max_source_length,
                                       gen_config=gen_config, batch_size=batch_size, device=device,
                                       precision=precision)
-            atomic_write_text(path, json.dumps({"sources": shard, "outputs": texts}, ensure_ascii=False))
+            with _user_paths(directory):
+                atomic_write_text(path, json.dumps({"fingerprint": directory.name, "sources": shard, "outputs": texts},
+                                                   ensure_ascii=False))
             log.info("pseudo-labels: shard %d/%d (%d sources) written, %.0f s so far", n + 1, len(shards),
                      len(shard), time.perf_counter() - t0)
             done = texts
@@ -113,14 +119,54 @@ def label_sources(model, tokenizer, sources: list[str], directory: Path, *, gen_
 
 def _read_shard(path: Path, shard: list[str]) -> list[str] | None:
     """The shard's outputs when ``path`` holds exactly these sources; None when it must be decoded."""
-    if not path.is_file():
+    if not _file_slot(path).exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        log.warning("pseudo-labels: %s is unreadable; decoding that shard again", path)
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        log.warning("pseudo-labels: %s is unreadable (%s); decoding that shard again", path, one_line(e, 80))
         return None
-    if data.get("sources") != shard or len(data.get("outputs", [])) != len(shard):
+    if not isinstance(data, dict) or not _strings(data.get("sources")) or not _strings(data.get("outputs")):
+        log.warning("pseudo-labels: %s is not an object of 'sources' and 'outputs' lists of strings (damaged); "
+                    "decoding that shard again", path)
+        return None
+    if data.get("fingerprint", path.parent.name) != path.parent.name:  # absent: written before it was recorded
+        log.warning("pseudo-labels: %s was written for another fingerprint (copied?); decoding that shard again",
+                    path)
+        return None
+    if data["sources"] != shard or len(data["outputs"]) != len(shard):
         log.warning("pseudo-labels: %s holds other sources (another shard_size?); decoding that shard again", path)
         return None
     return data["outputs"]
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _file_slot(path: Path) -> Path:
+    """``path`` unless a directory stands where our file belongs (the user's, not our damage): refused."""
+    if path.is_dir():
+        raise UserError(f"pseudo-labels: {path} is a directory where the cache keeps a file; remove it or set "
+                        f"distill.pseudo_labels.cache_dir to another directory")
+    return path
+
+
+def _writable_dir(directory: Path) -> None:
+    """The shard directory, created; a file anywhere on its path is refused in one line."""
+    with _user_paths(directory):
+        for path in (*reversed(directory.parents), directory):
+            if path.exists() and not path.is_dir():
+                raise UserError(f"pseudo-labels: {path} is a file where the cache needs a directory; move it or "
+                                f"set distill.pseudo_labels.cache_dir to a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _user_paths(directory: Path):
+    """An OSError writing the cache (permissions, a full disk) as one line naming the directory."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"pseudo-labels: cannot write under {directory} ({e.strerror or one_line(e)}); free space "
+                        f"or set distill.pseudo_labels.cache_dir to a writable directory") from None

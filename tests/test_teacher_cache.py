@@ -15,6 +15,7 @@ from distiller_zoo.cache import CachedTeacher, build_cache, example_keys, open_c
 from distiller_zoo.teacher import LiveTeacher
 from main import main
 from models import scratch_model, train_tokenizer
+from utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +94,9 @@ def test_a_batch_the_cache_does_not_hold_is_refused(tiny, tmp_path):
     pairs, tok, teacher, collator = tiny
     cache = open_cache(tmp_path, teacher, tok, pairs[:5], collator, 4, [1.0], len(tok))
     assert len(set(example_keys(collator(pairs[:5])))) == 5
-    with pytest.raises(KeyError, match="no entry for a training example; delete the directory"):
+    with pytest.raises(UserError, match=r"holds no rows for a training example .*; delete .* to rebuild it") as e:
         cache.targets(collator(pairs[5:7]))
+    assert "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------- end to end
