@@ -37,8 +37,8 @@ def score(cfg: BenchmarkConfig, examples, preds, device) -> tuple[dict, dict, li
     """(scores, per-example scores of the model-based metrics, notes) for one model."""
     refs = [e.references for e in examples]
     groups = text_groups(cfg)
-    scores = compute_metrics(preds, refs, groups) if groups else {}
     per_example, notes = {}, []
+    scores = compute_metrics(preds, refs, groups, notes=notes) if groups else {}  # notes: sacrebleu's warnings
     for outcome in model_metric_outcomes(cfg, [e.source for e in examples], preds, refs, device):
         scores.update(outcome.scores)
         per_example.update(outcome.per_example)

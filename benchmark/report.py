@@ -77,16 +77,21 @@ def render_text(results: dict) -> str:
            f"({env['device']}, {env['precision']}, torch {env['torch']}, transformers {env['transformers']})",
            "Decoding (same for every model): " + ", ".join(f"{k}={v}" for k, v in d.items()), ""]
     out += headline_lines(results, conf) + [f"Quality (0-100, {conf}% bootstrap interval in brackets)"]
-    out += _aligned(_quality_cells(results)) + ["", "Diversity of the outputs"] + _aligned(_diversity_cells(results))
+    out += _aligned(_quality_cells(results)) + _notes(results)
+    out += ["", "Diversity of the outputs"] + _aligned(_diversity_cells(results))
     out += ["", "Size and speed"] + _aligned(_speed_cells(results))
     scores = {r["name"]: r["metrics"] for r in results["models"]}
     for name, comp in results["comparison"].items():
         out += ["", f"{name}"] + _comparison_lines(comp, conf, scores[comp["reference"]])
-    notes = results.get("notes", [])
-    if notes:
-        out += ["", "Notes"] + [f"  - {n}" for n in notes]
     out += ["", "sacreBLEU signatures: " + "; ".join(f"{k}: {v}" for k, v in results["sacrebleu_signatures"].items())]
     return "\n".join(out) + "\n"
+
+
+def _notes(results) -> list[str]:
+    """Notes on the metrics (a skipped model-based metric, sacrebleu's warnings), each once, under
+    the quality table they qualify."""
+    notes = results.get("notes", [])
+    return ["", "Notes on the metrics"] + [f"  - {n}" for n in notes] if notes else []
 
 
 def _quality_cells(results):

@@ -28,10 +28,8 @@ On the full set every recombined score equals :func:`metrics.compute_metrics` (t
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -40,7 +38,8 @@ import numpy as np
 from nltk.translate.bleu_score import Fraction, brevity_penalty, closest_ref_length, modified_precision
 
 from metrics.core import (_BLEU_WEIGHTS, _CHRF, _SACREBLEU, _SMOOTHING, BLEU_KEYS, METRIC_GROUPS, by_group,
-                          _check_inputs, _rouge_per_example, bleu_tokenize, reference_streams)
+                          _check_inputs, _rouge_per_example, bleu_tokenize, reference_streams,
+                          sacrebleu_warnings)
 
 _CHUNK = 128  # resamples whose draw counts are held in memory at once: (_CHUNK, n) floats
 
@@ -98,21 +97,9 @@ def _sacrebleu_statistics(metric, predictions: Sequence[str], streams) -> Suffic
     """sacrebleu's segment statistics; a private copy of the metric, so that scoring
     here does not change the ``nrefs`` that :func:`sacrebleu_signatures` reports."""
     metric = copy.copy(metric)
-    with _quiet("sacrebleu"):  # its "forgot to detokenize" warning: compute_metrics already gave it
+    with sacrebleu_warnings():  # its "forgot to detokenize" warning: compute_metrics already noted it
         rows = np.array(metric._extract_corpus_statistics(list(predictions), streams), dtype=float)
     return SufficientStats(rows, lambda s: float(metric._compute_score_from_stats(s).score))
-
-
-@contextmanager
-def _quiet(logger_name: str):
-    """Silence a library logger's warnings for the duration of the block."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def metric_statistics(predictions: Sequence[str], references: Sequence[Sequence[str]],

@@ -29,12 +29,17 @@ Tokenization, per metric:
 * sacreBLEU / chrF: ``sacrebleu.metrics.BLEU`` / ``CHRF`` with their defaults
   (13a tokenizer, case-sensitive, exp smoothing; chrF2 with char order 6). Their
   signature strings (:func:`sacrebleu_signatures`) make the numbers reproducible.
+  sacrebleu's own warnings (e.g. "forgot to detokenize", for 100+ outputs ending in " .")
+  are captured (:func:`sacrebleu_warnings`) and become one note (``notes`` of
+  :func:`compute_metrics`), not three log lines per call.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from typing import Optional
 
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
@@ -208,21 +213,69 @@ def _nltk_bleu_sentence(prediction: str, references: list[str]) -> dict[str, flo
 
 # --------------------------------------------------------------------------- public API
 def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                    groups: Iterable[str] | str = METRIC_GROUPS) -> dict[str, float]:
+                    groups: Iterable[str] | str = METRIC_GROUPS, notes: list[str] | None = None) -> dict[str, float]:
     """Corpus-level scores (0-100) of ``predictions`` against their references.
 
     ``groups`` picks the metrics: "rouge" -> rouge1, rouge2, rougeL, rougeLsum (mean
     over examples of the best-reference F-measure); "bleu" -> bleu1..bleu4 (nltk corpus
     BLEU); "sacrebleu" -> sacrebleu (corpus BLEU); "chrf" -> chrf (corpus chrF).
+    sacrebleu's warnings become a note appended to ``notes``; without that list, one
+    warning in the ``kd`` log per distinct note and process.
     """
     refs = _check_inputs(predictions, references)
     streams = reference_streams(refs)
-    return by_group(groups, {
-        "rouge": lambda: {k: sum(v) / len(v) for k, v in _rouge_per_example(predictions, refs).items()},
-        "bleu": lambda: _nltk_bleu_corpus(predictions, refs),
-        "sacrebleu": lambda: {"sacrebleu": float(_SACREBLEU.corpus_score(list(predictions), streams).score)},
-        "chrf": lambda: {"chrf": float(_CHRF.corpus_score(list(predictions), streams).score)},
-    })
+    with sacrebleu_warnings() as warned:
+        scores = by_group(groups, {
+            "rouge": lambda: {k: sum(v) / len(v) for k, v in _rouge_per_example(predictions, refs).items()},
+            "bleu": lambda: _nltk_bleu_corpus(predictions, refs),
+            "sacrebleu": lambda: {"sacrebleu": float(_SACREBLEU.corpus_score(list(predictions), streams).score)},
+            "chrf": lambda: {"chrf": float(_CHRF.corpus_score(list(predictions), streams).score)},
+        })
+    if warned:
+        _give_note(sacrebleu_note(warned), notes)
+    return scores
+
+
+@contextmanager
+def sacrebleu_warnings():
+    """Collect the messages sacrebleu logs inside the block instead of letting them reach stderr (it
+    repeats its "forgot to detokenize" warning, three lines, at every corpus score)."""
+    logger, messages = logging.getLogger("sacrebleu"), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def sacrebleu_note(messages: Sequence[str]) -> str:
+    """One line for a report from what sacrebleu warned; the same text for every model, so said once."""
+    said = "; ".join(m.rstrip(".") for m in dict.fromkeys(messages) if "`force`" not in m)  # (its API's opt-out)
+    if "detokenize" in said:
+        return (f"sacreBLEU: the outputs look tokenized (sacrebleu warned: {said}); scores may not be comparable "
+                f"with published ones")
+    return f"sacreBLEU: sacrebleu warned: {said}"
+
+
+_LOGGED_NOTES: set[str] = set()
+
+
+def _give_note(note: str, notes: list[str] | None) -> None:
+    """Append ``note`` to the caller's ``notes``, or without one log it (once per process)."""
+    if notes is not None:
+        if note not in notes:
+            notes.append(note)
+    elif note not in _LOGGED_NOTES:
+        _LOGGED_NOTES.add(note)
+        from utils.logs import log
+        log.warning("%s", note)
 
 
 def per_example_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
