@@ -7,8 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pipeline import (BASELINE, Run, RunOptions, build_student, check_positions, make_job, prepare_stage,
-                      resolve_model, run_stage, stage_dirs, start)
+from pipeline import (BASELINE, Run, RunOptions, build_student, check_positions, finished_stage, make_job,
+                      prepare_stage, resolve_model, run_stage, stage_dirs, start)
 from settings import Config
 from training import Trainer
 from utils.errors import UserError
@@ -24,6 +24,8 @@ def train_baseline(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None
     student took, with its optimisation settings. Returns <output_dir>/student_ce/final."""
     run = baseline_run(run or start(cfg, opts))
     stage = prepare_stage(run, BASELINE)
+    if stage.finished:
+        return finished_stage(stage)
     steps = distilled_steps(run)
     found = resolve_model(run, "teacher", teacher_path)
     if found is None:
@@ -53,6 +55,18 @@ def distilled_steps(run: Run) -> int:
     """Optimizer steps the distilled student took (from its training summary): the baseline's budget."""
     for d in (stage_dirs(run, "student", new=True)[0], run.output_dir / "student"):
         if (d / "final").is_dir() and (d / "training_summary.json").is_file():
-            return int(json.loads((d / "training_summary.json").read_text())["steps"])
+            return _summary_steps(d / "training_summary.json")
     raise UserError(f"training.baseline: the CE-only student trains for as many steps as the distilled one; "
                     f"distill the student into {run.output_dir} first (--mode distill_student)")
+
+
+def _summary_steps(path: Path) -> int:
+    """The steps a finished stage's training_summary.json records (validated: the file may be damaged)."""
+    try:
+        steps = json.loads(path.read_text(encoding="utf-8"))["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        steps = None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise UserError(f"{path} is damaged (no step count); the CE-only student trains for the distilled "
+                        f"student's steps: restore the file, or distill the student again with --overwrite")
+    return steps

@@ -374,6 +374,20 @@ def load_saved(path: str | Path, what: str, attentions: bool = False, causal_ok:
     return model, tok
 
 
+def _plain_tokenizer(tokenizer, positions: int | None) -> None:
+    """What a user of the exported model expects of its tokenizer: no truncation or padding baked into
+    tokenizer.json (our collator's last call leaves its max_length there, which cuts longer inputs
+    silently in a plain ``tokenizers`` load), and ``model_max_length`` the model's position limit when
+    it has one (BART), so ``truncation=True`` cuts there and a longer input is warned about by
+    transformers; T5's relative positions have no limit to state."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    if positions:
+        tokenizer.model_max_length = positions
+
+
 def export(model, tokenizer, out_dir: Path, decoding=None) -> Path:
     """save_pretrained (safetensors) plus the tokenizer, loadable by the Auto classes.
 
@@ -381,12 +395,14 @@ def export(model, tokenizer, out_dir: Path, decoding=None) -> Path:
     generation_config.json, so a plain ``model.generate(**inputs)`` decodes as the benchmark does.
 
     Written to a sibling temporary directory and renamed, so ``out_dir`` is never half written:
-    its existence means the stage finished (``--resume_from_checkpoint auto`` relies on that)."""
+    its existence means the stage finished (``--resume_from_checkpoint auto`` relies on that).
+    The files depend on the weights and settings only, not on how the tokenizer was used before."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if decoding is not None:
         model.generation_config = decoding
+    _plain_tokenizer(tokenizer, getattr(model.config, "max_position_embeddings", None))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -25,14 +25,16 @@ from pathlib import Path
 import torch
 
 from settings import Config, save_config, to_dict
+from settings.paths import check_path_kinds
 from settings.schema import check_positions as check_lengths
-from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs
+from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs, unlabeled_sources
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import (attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary,
                     scratch_config, shrink_model, shrunk_config)
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
+from training.checkpointing import read_resumable
 from training.trainer import config_section
 from utils import distributed as dist
 from utils.errors import UserError
@@ -64,12 +66,20 @@ class Run:
     log_file: Path
     defer_replace: bool = False  # full_pipeline replaces both models only once both are trained
     _splits: Splits | None = field(default=None, repr=False)
+    _unlabeled: list[str] | None = field(default=None, repr=False)
 
     @property
     def splits(self) -> Splits:
         if self._splits is None:
             self._splits = load_splits(self.cfg.data)
         return self._splits
+
+    @property
+    def unlabeled(self) -> list[str]:
+        """The transfer set's sources (data.unlabeled_file, or the synthetic task's)."""
+        if self._unlabeled is None:
+            self._unlabeled = unlabeled_sources(self.cfg.data)
+        return self._unlabeled
 
     def tokenizer_texts(self) -> list[str]:
         """Texts a tokenizer is trained on: prefixed sources and every reference of the training split."""
@@ -84,9 +94,15 @@ class Run:
 def start(cfg: Config, opts: RunOptions) -> Run:
     """Resolve directories, device and precision; set up logging."""
     t = cfg.training
-    out = ensure_writable_dir(t.output_dir, "output_dir")
-    ckpt = ensure_writable_dir(t.checkpoint_dir or out / "checkpoints", "checkpoint_dir")
-    logs = ensure_writable_dir(t.log_dir or out / "logs", "log_dir")
+    check_path_kinds(cfg, {"--teacher_path": ("model dir", opts.teacher_path),
+                           "--student_path": ("model dir", opts.student_path),
+                           "--resume_from_checkpoint": ("file", None if opts.resume == "auto" else opts.resume)})
+    out, ckpt = Path(t.output_dir), Path(t.checkpoint_dir or Path(t.output_dir) / "checkpoints")
+    logs = Path(t.log_dir or out / "logs")
+    check_layout(out, ckpt, logs)
+    out = ensure_writable_dir(out, "output_dir")
+    ckpt = ensure_writable_dir(ckpt, "checkpoint_dir")
+    logs = ensure_writable_dir(logs, "log_dir")
     device = dist.setup(resolve_device(t.device))  # under torchrun: join the ranks (cuda:LOCAL_RANK)
     setup_logging()
     precision = resolve_precision(t.precision, device)
@@ -94,6 +110,25 @@ def start(cfg: Config, opts: RunOptions) -> Run:
         torch.set_num_threads(t.num_threads)
     _quiet_transformers()
     return Run(cfg, opts, out, ckpt, device, precision, logs / "run.log")
+
+
+def check_layout(out: Path, ckpt: Path, logs: Path) -> None:
+    """What a run writes under its directories must not exist as the other kind (a file where a
+    stage keeps its directory, a directory where a report goes)."""
+    roles = [r + suffix for r in ("teacher", "student", BASELINE) for suffix in ("", NEW)]
+    dirs = [out / r for r in roles] + [ckpt / r for r in roles] + [out / "teacher_cache", out / "pseudo_labels"]
+    files = [logs / "run.log", out / "config.resolved.json"] + [out / name for name in REPORTS]
+    for path in dirs:
+        if path.is_file():
+            raise UserError(f"{path} is a file where the run keeps a directory; move it away or choose another "
+                            f"--output_dir")
+    for path in files:
+        if path.is_dir():
+            raise UserError(f"{path} is a directory where the run writes a file; move it away or choose another "
+                            f"--output_dir")
+
+
+REPORTS = ("benchmark_results.json", "comparison_table.csv", "benchmark_report.txt")
 
 
 def _quiet_transformers():
@@ -115,6 +150,7 @@ class Stage:
     checkpoint_dir: Path
     resume: Path | None
     replaces: bool = False
+    finished: bool = False  # resumed with 'auto' after it exported its model: nothing to do
 
 
 def stage_dirs(run: Run, role: str, new: bool = False) -> tuple[Path, Path]:
@@ -127,16 +163,19 @@ def _new(path: Path) -> Path:
 
 
 def prepare_stage(run: Run, role: str) -> Stage:
-    """Find the checkpoint to resume and refuse to touch earlier results; writes nothing (apart from
-    finishing a replacement that was interrupted after its new model was complete)."""
+    """Find the checkpoint to resume, check it against the config, and refuse to touch earlier
+    results; writes nothing (apart from finishing a replacement that was interrupted after its new
+    model was complete). A stage that exported its model is ``finished``: never trained or exported again."""
     resume = run.opts.resume
     if resume == "auto" and (stage_dirs(run, role, new=True)[0] / "final").is_dir():
         replace_stage(run, role)
     run_dir, ckpt_dir = stage_dirs(run, role)
     new_run, new_ckpt = stage_dirs(run, role, new=True)
+    if resume == "auto" and (run_dir / "final").is_dir() and not replacing(run, role):
+        return Stage(role, run_dir, ckpt_dir, None, finished=True)
     if resume and resume != "auto":
         resume_path = Path(resume)
-        if not resume_path.is_file():
+        if resume_path.is_dir() or not resume_path.exists():
             raise UserError(f"--resume_from_checkpoint {resume}: no such checkpoint file (use a step_*.pt file "
                             f"from {ckpt_dir} or 'auto')")
         replaces = resume_path.resolve().parent == new_ckpt.resolve()
@@ -152,9 +191,20 @@ def prepare_stage(run: Run, role: str) -> Stage:
     if resume_path is None and not run.opts.overwrite and _has_results(run_dir, ckpt_dir):
         raise UserError(f"{run_dir} already holds a {role} run; pass --resume_from_checkpoint auto to continue it, "
                         f"--overwrite to replace it, or another --output_dir")
+    if resume_path is not None:  # a refused resume is refused now, before a teacher runs or a file is written
+        read_resumable(resume_path, role, to_dict(run.cfg), dist.world_size())
+    if resume_path is not None and not replaces and (run_dir / "final").is_dir():
+        raise UserError(f"--resume_from_checkpoint {resume}: the {role} stage is finished ({run_dir / 'final'}); "
+                        f"resuming would train and export it again: use it as it is, or pass --overwrite "
+                        f"without --resume_from_checkpoint to train it anew")
     if replaces:
         run_dir, ckpt_dir = new_run, new_ckpt
     return Stage(role, run_dir, ckpt_dir, resume_path, replaces)
+
+
+def finished_stage(stage: Stage) -> Path:
+    log.info("%s: finished earlier (%s); nothing to resume", stage.role, stage.run_dir / "final")
+    return stage.run_dir / "final"
 
 
 def commit_stage(run: Run, stage: Stage) -> None:
@@ -258,6 +308,8 @@ def train_teacher(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None 
         raise UserError("teacher: a causal LM teacher is distilled from as it is (this tool trains seq2seq models); "
                         "skip train_teacher (training.train_teacher false, or --mode distill_student)")
     stage = prepare_stage(run, "teacher")
+    if stage.finished:
+        return finished_stage(stage)
     set_seed(cfg.training.seed)
     tok = load_tokenizer(cfg.teacher.tokenizer, cfg.teacher.name_or_path,
                          run.tokenizer_texts() if cfg.teacher.tokenizer.train else None)
@@ -272,11 +324,23 @@ def run_stage(run: Run, stage: Stage, trainer: Trainer) -> Path:
     if stage.resume is not None:
         trainer.load_checkpoint(stage.resume)
     commit_stage(run, stage)
-    final = trainer.train()
+    try:
+        final = trainer.train()
+    except BaseException:
+        _drop_unresumable(stage)
+        raise
     log.info("%s exported to %s", stage.role, final)
     if stage.replaces and not run.defer_replace:
         final = replace_stage(run, stage.role)
     return final
+
+
+def _drop_unresumable(stage: Stage) -> None:
+    """A replacing stage that stopped before its first checkpoint leaves nothing to continue: its
+    ``.new`` directories go, so the earlier result stands alone (a fresh stage's are reused anyway)."""
+    if stage.replaces and dist.is_main() and not any(stage.checkpoint_dir.glob("step_*.pt")):
+        shutil.rmtree(stage.run_dir, ignore_errors=True)
+        shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
 
 
 def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None,
@@ -290,11 +354,23 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     if cfg.distill.teacher_cache is not None and objective.requires - {"logits"}:
         raise UserError("distill.teacher_cache keeps the teacher's logits only; hidden-state and attention losses "
                         "need the live teacher: remove distill.teacher_cache or those losses")
-    attentions = "attentions" in objective.requires
     stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
     if baseline:
         from baseline import baseline_run
         prepare_stage(baseline_run(run), BASELINE)
+    if not stage.finished:  # the data is read (and so checked) before a teacher is loaded
+        _ = run.splits, cfg.distill.pseudo_labels and run.unlabeled
+    final = finished_stage(stage) if stage.finished else _distill(run, stage, objective, teacher_path)
+    if baseline:
+        from baseline import train_baseline
+        train_baseline(cfg, opts, run, teacher_path)
+    return final
+
+
+def _distill(run: Run, stage: Stage, objective: Objective, teacher_path) -> Path:
+    """Load the teacher, build the student and its data (pseudo-labels, the teacher cache), train."""
+    cfg = run.cfg
+    attentions = "attentions" in objective.requires
     found = resolve_model(run, "teacher", teacher_path, attentions)
     if found is None:
         raise UserError(f"distill_student needs a trained teacher: run --mode train_teacher first (it writes "
@@ -330,11 +406,7 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
                                      job.train_pairs, job.collator, tc.top_k, objective.temperatures(), len(s_tok),
                                      run.device, log)
         del teacher, found
-    final = run_stage(run, stage, Trainer(job, student, s_tok))
-    if baseline:
-        from baseline import train_baseline
-        train_baseline(cfg, opts, run, teacher_path)
-    return final
+    return run_stage(run, stage, Trainer(job, student, s_tok))
 
 
 BASELINE = "student_ce"  # the stage of the CE-only student (training.baseline): baseline.py
@@ -443,6 +515,8 @@ def preflight(run: Run) -> None:
         layers = (s.arch.encoder_layers, s.arch.decoder_layers)
         # the vocabulary and special ids do not shape a shrink: any will do
         shrunk_config(scratch_config(t.arch, vocab_size=64, pad=0, eos=1, bos=1), *layers, **narrow_width(s))
+    if run.cfg.distill.pseudo_labels is not None:
+        _ = run.unlabeled  # a transfer set is read (and so checked) before the teacher trains
     split = run.cfg.benchmark.split
     if not getattr(run.splits, split):
         raise UserError(f"benchmark.split {split!r} is empty; adjust data.split_ratios or give data.{split}_file")

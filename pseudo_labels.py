@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from data_loader import Example, training_pairs, unlabeled_sources
+from data_loader import Example, training_pairs
 from generation import generate_texts, generation_config
 from utils.errors import UserError, one_line
 from utils.files import atomic_write_text, write_json
@@ -41,7 +41,7 @@ def pseudo_label_pairs(run, teacher, tokenizer) -> list[tuple[str, str]]:
     """The student's training pairs under ``distill.pseudo_labels`` (see the module docstring)."""
     cfg, pl = run.cfg, run.cfg.distill.pseudo_labels
     train: list[Example] = run.splits.train
-    unlabeled = unlabeled_sources(cfg.data)
+    unlabeled = run.unlabeled
     sources = list(dict.fromkeys([e.source for e in train] + unlabeled))
     decoding = dataclasses.replace(cfg.benchmark, num_beams=pl.num_beams,
                                    max_new_tokens=pl.max_new_tokens or cfg.data.max_target_length)

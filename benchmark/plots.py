@@ -1,7 +1,6 @@
 """PNG plots of a benchmark: metric bars with interval whiskers, quality vs speed, training curves."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmark.quality import LOWER_IS_BETTER  # noqa: E402
 from benchmark.report import metric_keys  # noqa: E402
+from utils.files import read_records  # noqa: E402
 
 
 def write_plots(results: dict, out: Path, run_dirs: dict[str, Path]) -> list[str]:
@@ -70,9 +70,10 @@ def quality_vs_speed(results: dict, path: Path, metric: str | None = None) -> Pa
 def training_curves(metrics_file: Path, path: Path, role: str) -> Path | None:
     if not metrics_file.is_file():
         return None
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval" in r]
+    records, _ = read_records(metrics_file)  # damaged lines (a kill mid-write) left out of the plot
+    train = [r for r in records if isinstance(r.get("step"), int) and isinstance(r.get("loss"), (int, float))]
+    evals = [r for r in records if isinstance(r.get("step"), int) and isinstance(r.get("eval"), dict)
+             and isinstance(r["eval"].get("loss"), (int, float))]
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -45,6 +45,7 @@ from utils.errors import one_line, UserError
 from utils.hub import hub_host, hub_offline, hub_reachable
 from utils.logs import log
 
+from .sniff import not_text
 from .batching import Seq2SeqCollator, length_grouped_batches, padding_fraction  # noqa: F401 (re-exported)
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
@@ -123,6 +124,9 @@ def _check_file(path: Path, fmt: str, encoding: str, key: str) -> str:
         raise UserError(f"data.encoding: unknown encoding {encoding!r}; use e.g. utf-8 or cp1252") from None
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes); check {key}")
+    if fmt != "parquet" and (why := not_text(path, encoding)):
+        raise UserError(f"{key}: {path} is not a text table ({why}); give a CSV, TSV, JSON, JSONL or Parquet file "
+                        f"of texts")
     return fmt
 
 

@@ -38,8 +38,8 @@ def read_config_file(path: str | Path) -> dict:
     except OSError as e:
         raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
     if len(text) > MAX_CONFIG_CHARS:
-        raise UserError(f"{path}: {len(text):,} characters is not a config (limit {MAX_CONFIG_CHARS:,}); "
-                        f"give --config the config file, not a data file")
+        raise UserError(f"{path}: {len(text):,} characters, over the {MAX_CONFIG_CHARS:,} a config may hold; "
+                        f"{_largest_line(text)}")
     if _text_depth(text) > 2 * MAX_DEPTH:  # checked before parsing: PyYAML takes minutes on deep nesting
         raise UserError(f"{path}: nested too deeply to be a config; a config is at most {MAX_DEPTH} levels deep")
     try:
@@ -61,6 +61,16 @@ def read_config_file(path: str | Path) -> dict:
         raise UserError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     check_tree(data, str(path))
     return data
+
+
+def _largest_line(text: str) -> str:
+    """Where an oversized config's size is: one huge value (a template, a list), or rows of data."""
+    lines = text.splitlines() or [text]
+    number, line = max(enumerate(lines, 1), key=lambda item: len(item[1]))
+    if len(line) > MAX_CONFIG_CHARS // 2:
+        return (f"line {number} alone holds {len(line):,} ({line.strip()[:30]!r}...): shorten that value, or keep "
+                f"large texts in files")
+    return f"its {len(lines):,} lines look like data: give --config the config file, not a data file"
 
 
 MAX_CONFIG_CHARS = 1_000_000
@@ -323,7 +333,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         m.tokenizer.path = fix(m.tokenizer.path)
         if m.name_or_path and ("/" in m.name_or_path or m.name_or_path.startswith(".")):
             m.name_or_path = fix(m.name_or_path)
-    for f in ("train_file", "validation_file", "test_file"):
+    for f in ("train_file", "validation_file", "test_file", "unlabeled_file"):
         setattr(cfg.data, f, fix(getattr(cfg.data, f)))
     for extra in cfg.benchmark.models:
         extra.path = fix(extra.path)

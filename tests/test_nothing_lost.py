@@ -78,7 +78,8 @@ def test_a_failing_overwrite_keeps_the_earlier_run_and_a_good_one_replaces_it(fi
     assert "validation loss is nan" in capsys.readouterr().err
     for k in keep:  # the earlier teacher, its checkpoints, metrics and recorded config: all untouched
         assert [c for c in changes(out / k, before[k], snapshot(out / k)) if ".new" not in c] == []
-    assert (out / "checkpoints/teacher.new").is_dir()  # the failed attempt stays apart
+    # the failed attempt, stopped before its first checkpoint, leaves nothing behind
+    assert not (out / "checkpoints/teacher.new").exists() and not (out / "teacher.new").exists()
     old = weights(out / "teacher/final")
     assert teacher(cfg, out, "--overwrite", "--set", "training.seed=7") == 0
     new = weights(out / "teacher/final")

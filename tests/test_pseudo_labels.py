@@ -36,7 +36,8 @@ def teacher_dir(tmp_path_factory):
 
 def make_run(cfg_dict, tmp_path):
     cfg = from_dict(Config, cfg_dict)
-    return SimpleNamespace(cfg=cfg, splits=load_splits(cfg.data), output_dir=tmp_path, device=torch.device("cpu"),
+    return SimpleNamespace(cfg=cfg, splits=load_splits(cfg.data), unlabeled=unlabeled_sources(cfg.data),
+                           output_dir=tmp_path, device=torch.device("cpu"),
                            precision=resolve_precision("fp32", torch.device("cpu")))
 
 

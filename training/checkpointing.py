@@ -69,14 +69,8 @@ class CheckpointMixin:
     def load_checkpoint(self, path: Path) -> None:
         """Restore everything from ``path``; refuses a checkpoint of another role, model, data schedule
         or format, and any change a resume cannot apply (RESUME_MAY_CHANGE lists those it applies)."""
-        ckpt = load_checkpoint_file(path)
         role = self.job.role
-        if ckpt.get("role") != role:
-            raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {role} one; "
-                            f"pass the {role}'s checkpoint or 'auto'")
-        check_format(ckpt, path)
-        saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-        saved = self._check_global_batch(saved, ckpt.get("world_size", 1), path)
+        ckpt, saved, changed = read_resumable(path, role, self.job.config, self.world)
         for name, module in self.trainable_modules().items():
             try:
                 module.load_state_dict(ckpt["weights"][name])
@@ -90,12 +84,6 @@ class CheckpointMixin:
         if ckpt["total_steps"] != self.total_steps:
             raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
                             f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
-        refused, changed = resume_changes(saved, self.job.config, self.job.section)
-        if refused:
-            raise UserError(f"checkpoint {path}: a resume cannot change {'; '.join(refused[:4])}; resume with the "
-                            f"checkpoint's values (a resume may change training.{self.job.section}."
-                            f"{{{', '.join(RESUME_MAY_CHANGE)}}}) "
-                            f"or start the stage over with --overwrite")
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -109,23 +97,6 @@ class CheckpointMixin:
         if changed:
             self._apply_resume_changes()
         self.state.resumes.append({"step": self.state.step, "checkpoint": str(path), "changed": changed})
-
-    def _check_global_batch(self, saved: dict, saved_world: int, path: Path) -> dict:
-        """A run saved with N ranks resumes with M ranks when batch_size x ranks (the global micro-batch,
-        which fixes the data order) is unchanged; returns ``saved`` with this run's per-rank batch size."""
-        role = self.job.section
-        optim = saved.get("training", {}).get(role)
-        if saved_world == self.world or not isinstance(optim, dict) or "batch_size" not in optim:
-            return saved  # same ranks: resume_changes refuses a batch_size change by name
-        was = optim["batch_size"] * saved_world
-        if was != self.global_batch:
-            fits = f"--set training.{role}.batch_size={was // self.world}" if was % self.world == 0 else \
-                f"a number of ranks that divides {was}"
-            raise UserError(f"checkpoint {path} was saved with {saved_world} rank(s) x batch_size "
-                            f"{optim['batch_size']} = {was} pairs per micro-step, this run has {self.world} x "
-                            f"{self.job.optim.batch_size} = {self.global_batch}; resume with {fits} to keep the "
-                            f"data order")
-        return {**saved, "training": {**saved["training"], role: {**optim, "batch_size": self.job.optim.batch_size}}}
 
     def _restore_rng(self, ckpt: dict) -> None:
         """Each rank continues its own RNG streams; a rank the saving run did not have gets fresh ones."""
@@ -159,6 +130,9 @@ class CheckpointMixin:
             self.model.load_state_dict(load_checkpoint_file(best)["weights"]["model"])
             log.info("%s: exporting the best model (step %d, %s %.4f)", self.job.role, self.state.best_step,
                      self.metric_for_best, self.state.best_metric)
+        elif self.state.best_step is not None:
+            log.warning("%s: %s (the best model, of step %d) is gone; exporting the last step's weights instead",
+                        self.job.role, best, self.state.best_step)
         final = export(self.model, self.tokenizer, self.job.run_dir / "final",
                        generation_config(self.job.generation, self.model, self.tokenizer))
         summary = {"role": self.job.role, "steps": self.state.step, "best_step": self.state.best_step,
@@ -167,3 +141,59 @@ class CheckpointMixin:
         atomic_write_text(self.job.run_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
         dist.barrier()
         return final
+
+
+def read_resumable(path: Path, role: str, config: dict, world: int) -> tuple[dict, dict, list[str]]:
+    """The checkpoint at ``path``, its config (with this run's batch size per rank) and the changes a
+    resume applies, once every check that needs no model passed: role, format, global batch, config
+    and the best model's file. Run before anything is computed or written, and again on load."""
+    ckpt = load_checkpoint_file(path)
+    if ckpt.get("role") != role:
+        raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {role} one; "
+                        f"pass the {role}'s checkpoint or 'auto'")
+    check_format(ckpt, path)
+    try:
+        TrainState(**ckpt["state"])
+    except TypeError as e:
+        raise UserError(f"checkpoint {path} does not match this version's format ({one_line(e, 120)}); resume "
+                        f"it with the version that wrote it, or start the stage over with --overwrite") from None
+    section = "student" if role == "student_ce" else role
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    saved = _same_global_batch(saved, section, ckpt.get("world_size", 1), config, world, path)
+    refused, changed = resume_changes(saved, config, section)
+    if refused:
+        raise UserError(f"checkpoint {path}: a resume cannot change {'; '.join(refused[:4])}; resume with the "
+                        f"checkpoint's values (a resume may change training.{section}."
+                        f"{{{', '.join(RESUME_MAY_CHANGE)}}}) or start the stage over with --overwrite")
+    _check_best(ckpt, path)
+    return ckpt, saved, changed
+
+
+def _check_best(ckpt: dict, path: Path) -> None:
+    """The best model a resumed run will export must still be readable."""
+    state = ckpt["state"] if isinstance(ckpt["state"], dict) else {}
+    best = Path(path).parent / "best.pt"
+    if state.get("best_step") is not None and best.exists():
+        try:
+            load_checkpoint_file(best)
+        except UserError as e:
+            raise UserError(f"{e} (it holds the best model, of step {state['best_step']}); delete it to export the "
+                            f"last step's weights at the end instead, or start the stage over with --overwrite") \
+                from None
+
+
+def _same_global_batch(saved: dict, section: str, saved_world: int, config: dict, world: int, path: Path) -> dict:
+    """A run saved with N ranks resumes with M ranks when batch_size x ranks (the global micro-batch,
+    which fixes the data order) is unchanged; returns ``saved`` with this run's per-rank batch size."""
+    optim = saved.get("training", {}).get(section)
+    if saved_world == world or not isinstance(optim, dict) or "batch_size" not in optim:
+        return saved  # same ranks: resume_changes refuses a batch_size change by name
+    batch = config["training"][section]["batch_size"]
+    was = optim["batch_size"] * saved_world
+    if was != batch * world:
+        fits = f"--set training.{section}.batch_size={was // world}" if was % world == 0 else \
+            f"a number of ranks that divides {was}"
+        raise UserError(f"checkpoint {path} was saved with {saved_world} rank(s) x batch_size "
+                        f"{optim['batch_size']} = {was} pairs per micro-step, this run has {world} x "
+                        f"{batch} = {batch * world}; resume with {fits} to keep the data order")
+    return {**saved, "training": {**saved["training"], section: {**optim, "batch_size": batch}}}

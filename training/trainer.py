@@ -39,7 +39,7 @@ from training.checkpointing import CheckpointMixin, TrainState
 from training.validation import ValidationMixin
 from utils import distributed as dist
 from utils.errors import TrainingInterrupted, UserError
-from utils.files import atomic_write
+from utils.files import atomic_write, read_records
 from utils.logs import log
 from utils.runtime import GracefulStop, Precision, set_seed
 
@@ -66,6 +66,13 @@ class TrainJob:
     teacher: object | None = None   # a teacher source (distiller_zoo.teacher), or a bare model (run live)
     chunk_size: int | None = None   # target positions per chunk of the fused loss; 0 = full logits, None = by V
     compile_chunks: bool = False    # torch.compile each chunk's loss and gradient
+
+    def __post_init__(self):
+        if self.optim.random_copy_steps:  # a length that does not fit fails now, not at step 1
+            try:
+                self.collator.random_copy_batch(1, self.optim.random_copy_length, torch.Generator())
+            except UserError as e:
+                raise UserError(f"training.{self.section}.{e}") from None
 
     @property
     def section(self) -> str:
@@ -102,11 +109,6 @@ class Trainer(ValidationMixin, CheckpointMixin):
         self.metric_for_best = o.metric_for_best
         self.greater_is_better = o.metric_for_best != "loss"
         self.ddp = self._wrap_ddp() if self.world > 1 else None
-        if o.random_copy_steps:  # a length that does not fit fails here, not at step 1
-            try:
-                job.collator.random_copy_batch(1, o.random_copy_length, torch.Generator())
-            except UserError as e:
-                raise UserError(f"training.{job.section}.{e}") from None
         if dist.rank() > 0:  # rank 0 keeps the single-process RNG stream; the others get their own dropout
             set_seed(job.seed * 1_000_003 + dist.rank())
 
@@ -363,9 +365,11 @@ class Trainer(ValidationMixin, CheckpointMixin):
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the records up to ``last_step`` (a resumed run logs the later steps again)."""
     if path.is_file():
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-                 if line.strip() and json.loads(line).get("step", 0) <= last_step]
-        atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines)))
+        records, damaged = read_records(path)
+        if damaged:
+            log.warning("%s: %d damaged line(s) dropped", path, damaged)
+        kept = [r for r in records if isinstance(r.get("step", 0), int) and r.get("step", 0) <= last_step]
+        atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept)))
 
 
 def _write_jsonl(f, record: dict) -> None:

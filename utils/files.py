@@ -11,14 +11,17 @@ from utils.errors import UserError
 
 
 def ensure_writable_dir(path: str | Path, what: str) -> Path:
+    """``path``, once checked to be a directory this process may create and write into; nothing is
+    created here (whoever writes first makes it), so a run refused later leaves no trace."""
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_test{os.getpid()}"  # one per process: torchrun's ranks probe at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{what} {path} is not writable ({e.strerror}); choose another directory") from None
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a directory; choose another directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable ({existing}: permission denied or a read-only file "
+                        f"system); choose another directory")
     return path
 
 
@@ -49,3 +52,21 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def read_records(path: Path) -> tuple[list[dict], int]:
+    """The JSON-object lines of a log we append to (metrics.jsonl), and how many lines are damaged (a
+    kill mid-write, a disk error): those are skipped, the rest stays usable."""
+    records, damaged = [], 0
+    for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            damaged += 1
+    return records, damaged

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import deque
 from pathlib import Path
 
 log = logging.getLogger("kd")
@@ -15,6 +16,18 @@ class _ConsoleHandler(logging.StreamHandler):
     def emit(self, record):
         self.stream = sys.stdout
         super().emit(record)
+
+
+class _Pending(logging.Handler):
+    """Records logged before a run may write its log file (the checks, decoding pseudo-labels,
+    building a cache): held here and written first when the file is attached."""
+
+    def __init__(self, limit: int = 10_000):
+        super().__init__()
+        self.records = deque(maxlen=limit)
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -35,6 +48,7 @@ def setup_logging(level=logging.INFO) -> None:
     console.setFormatter(_FORMAT if rank() == 0 else logging.Formatter(
         f"%(asctime)s %(levelname)s [rank {rank()}] %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(console)
+    log.addHandler(_Pending())
 
 
 def attach_log_file(path: Path) -> None:
@@ -48,4 +62,8 @@ def attach_log_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(path, encoding="utf-8")
     fh.setFormatter(_FORMAT)
+    for pending in [h for h in log.handlers if isinstance(h, _Pending)]:
+        for record in pending.records:
+            fh.handle(record)
+        log.removeHandler(pending)
     log.addHandler(fh)
