@@ -106,13 +106,25 @@ def resume_command(argv: list[str], launched: list[str] | None = None) -> str:
     return shlex.join([*(launched or ["python", "main.py"]), *keep, "--resume_from_checkpoint", "auto"])
 
 
+def _env_int(var: str, default: int) -> int:
+    """An integer environment variable, ``default`` when unset or malformed (launch_env reports that)."""
+    try:
+        return int(os.environ.get(var, default))
+    except ValueError:
+        return default
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     from utils.errors import TrainingInterrupted, UserError
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank prints its error, marked when not 0
-    mark = f"[rank {rank}] " if rank else ""
+    world = _env_int("WORLD_SIZE", 1)
+    launched, rank = world > 1, _env_int("RANK", 0)  # under torchrun every rank prints its error, marked when not 0
+    mark = f"[rank {rank}] " if launched and 0 < rank < world else ""
     try:
+        if "WORLD_SIZE" in os.environ:  # a launcher's variables: checked before anything is read or written
+            from utils.distributed import launch_env
+            launch_env()
         return run(argv)
     except UserError as e:
         print(f"{mark}error: {e}", file=sys.stderr)
@@ -129,7 +141,7 @@ def main(argv=None) -> int:
               "or use precision bf16/fp16", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # our argv is torchrun's child's, not the user's command
+        if launched:  # our argv is torchrun's child's, not the user's command
             if not rank:
                 print(f"{e}. Resume with the same torchrun command (any number of processes) ending in: "
                       f"{resume_command(argv, ['main.py'])}", file=sys.stderr)

@@ -103,7 +103,7 @@ def start(cfg: Config, opts: RunOptions) -> Run:
     out = ensure_writable_dir(out, "output_dir")
     ckpt = ensure_writable_dir(ckpt, "checkpoint_dir")
     logs = ensure_writable_dir(logs, "log_dir")
-    device = dist.setup(resolve_device(t.device))  # under torchrun: join the ranks (cuda:LOCAL_RANK)
+    device = dist.setup(resolve_device(t.device), t.rendezvous_timeout)  # under torchrun: join the ranks
     setup_logging()
     precision = resolve_precision(t.precision, device)
     if t.num_threads:

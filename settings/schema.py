@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -105,6 +106,25 @@ class TokenizerConfig:
             _in_range("extra_ids", self.extra_ids, 0, 10_000)
 
 
+def _template_fields(template: str, names: tuple[str, ...]) -> tuple[set[str], str | None]:
+    """(placeholders used, what is wrong or None) for a text template. Templates are data: anything
+    str.format would evaluate (attributes, indexes, conversions, format specs) is refused."""
+    try:
+        parsed = [(f, conv, spec) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:  # a lone brace
+        return set(), str(e)
+    for f, conv, spec in parsed:
+        shown = "{" + f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        if f == "" or f.isdigit():
+            return set(), f"{shown} is positional"
+        if f not in names:
+            attr = re.split(r"[.\[]", f, maxsplit=1)[0] in names
+            return set(), f"{shown} {'reads an attribute or index' if attr else 'is not one of them'}"
+        if conv or spec:
+            return set(), f"{shown} has a {'conversion' if conv else 'format spec'}"
+    return {f for f, _, _ in parsed}, None
+
+
 @dataclass
 class ModelConfig:
     """A teacher or a student model."""
@@ -130,12 +150,12 @@ class ModelConfig:
     def __post_init__(self):
         _choice("init", self.init, ("pretrained", "scratch", "shrink"))
         _choice("kind", self.kind, ("auto", "seq2seq", "causal"))
-        try:
-            filled = self.prompt_template.format(prefix="", source="\0")
-        except (KeyError, IndexError, ValueError) as e:
+        fields, problem = _template_fields(self.prompt_template, ("prefix", "source"))
+        if problem:
             raise ValueError(f"prompt_template: {self.prompt_template!r} is not a template of {{prefix}} and "
-                             f"{{source}} ({type(e).__name__}: {e}); write literal braces as {{{{ }}}}") from None
-        if "\0" not in filled:
+                             f"{{source}}: {problem}; use only those two placeholders, as they are (no attribute, "
+                             f"index, !conversion or :format spec); write literal braces as {{{{ }}}}")
+        if "source" not in fields:
             raise ValueError(f"prompt_template: {self.prompt_template!r} has no {{source}}; the teacher would not "
                              f"see the input")
         if self.kind == "causal" and self.init != "pretrained":
@@ -318,6 +338,9 @@ class TrainingConfig:
                          "labeled pairs (stage student_ce: the same initialisation, seed, optimisation and number "
                          "of optimizer steps as the distilled student, no teacher); the benchmark reports the "
                          "distilled student against it with paired intervals. Also --with_baseline.", False)
+    rendezvous_timeout: float = doc("Under torchrun: seconds every rank waits for the others to join (a line on "
+                                    "stderr names the missing ones) before stopping with an error; the collectives "
+                                    "after that wait up to 60 minutes.", 300.0)
 
     def __post_init__(self):
         _choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -325,6 +348,8 @@ class TrainingConfig:
         if self.num_threads is not None:
             _positive("num_threads", self.num_threads, 4096)
         _seed("seed", self.seed)
+        if not 0 < self.rendezvous_timeout <= 86400:  # (also refuses NaN)
+            raise ValueError(f"rendezvous_timeout: must be in (0, 86400] seconds, got {self.rendezvous_timeout}")
         for name in ("output_dir", "checkpoint_dir", "log_dir"):
             value = getattr(self, name)
             if value is not None and not value.strip():

@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -122,15 +121,14 @@ class Case:
     problem: str | tuple[str, ...]   # fragment naming the problem (a tuple: any of them)
     fix: str | tuple[str, ...]       # fragment naming the fix
     subprocess: bool = False         # run `python main.py` for real
-    max_seconds: float | None = None
 
 
 CASES: list[Case] = []
 
 
-def case(problem, fix, subprocess=False, max_seconds=None):
+def case(problem, fix, subprocess=False):
     def register(fn):
-        CASES.append(Case(fn.__name__, fn, problem, fix, subprocess, max_seconds))
+        CASES.append(Case(fn.__name__, fn, problem, fix, subprocess))
         return fn
     return register
 
@@ -262,7 +260,7 @@ def teacher_config_file_typo(ctx):
 # --------------------------------------------------------------------------- numbers: non-finite, absurd, unseedable
 
 
-def _set_case(problem, fix, key, value, yaml_text=None, subprocess=False, max_seconds=None):
+def _set_case(problem, fix, key, value, yaml_text=None, subprocess=False):
     """A case that plants ``value`` at dotted ``key`` of the tiny config (written as YAML)."""
     def setup(ctx):
         cfg = ctx.config()
@@ -273,7 +271,7 @@ def _set_case(problem, fix, key, value, yaml_text=None, subprocess=False, max_se
         node[last] = value
         return ["--config", ctx.write_config(cfg, "config.yaml"), "--output_dir", ctx.out]
     name = "set_" + key.replace(".", "_") + "_" + "".join(c if c.isalnum() else "_" for c in str(value))[:20]
-    CASES.append(Case(name, setup, problem, fix, subprocess, max_seconds))
+    CASES.append(Case(name, setup, problem, fix, subprocess))
 
 
 # 4: NaN passes every range check (nan < lo is False); every float of the schema must be finite
@@ -335,7 +333,7 @@ def log_dir_flag_blamed_by_its_name(ctx):
 
 
 # --------------------------------------------------------------------------- YAML/JSON that parse but are no config
-@case("more than 100,000 values (YAML aliases expanded)", "check for aliases", max_seconds=10)
+@case("more than 100,000 values (YAML aliases expanded)", "check for aliases")
 def billion_laughs(ctx):
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
@@ -343,19 +341,19 @@ def billion_laughs(ctx):
     return ["--config", ctx.write("laughs.yaml", "\n".join(lines) + "\n"), "--output_dir", ctx.out]
 
 
-@case("nested", "levels deep", max_seconds=10)
+@case("nested", "levels deep")
 def deeply_nested_yaml(ctx):
     return ["--config", ctx.write("deep.yaml", "data:\n  prefix: " + "[" * 3000 + "]" * 3000 + "\n"),
             "--output_dir", ctx.out]
 
 
-@case("nested", "levels deep", max_seconds=10)
+@case("nested", "levels deep")
 def deeply_nested_json(ctx):
     return ["--config", ctx.write("deep.json", '{"data": ' + "[" * 100_000 + "]" * 100_000 + "}"),
             "--output_dir", ctx.out]
 
 
-@case("nested", "levels deep", max_seconds=10)
+@case("nested", "levels deep")
 def deeply_indented_yaml(ctx):
     return ["--config", ctx.write("indent.yaml", "data:\n" + "".join(" " * (2 * i) + f"k{i}:\n" for i in range(1, 400))),
             "--output_dir", ctx.out]
@@ -457,7 +455,7 @@ def malformed_jsonl_data(ctx):
     return ["--config", ctx.write_config(ctx.file_data_config(data)), "--output_dir", ctx.out]
 
 
-@case("data.dataset_name 'abisee/cnn_dailymail'", "set data.train_file", max_seconds=20)
+@case("data.dataset_name 'abisee/cnn_dailymail'", "set data.train_file")
 def hub_dataset_while_offline(ctx):
     cfg = ctx.config()
     cfg["data"] = {"dataset_name": "abisee/cnn_dailymail", "dataset_config": "3.0.0", "source_column": "article",
@@ -466,7 +464,7 @@ def hub_dataset_while_offline(ctx):
 
 
 # --------------------------------------------------------------------------- models, devices, directories
-@case("not cached and the model hub cannot be reached", "give its local directory", subprocess=True, max_seconds=20)
+@case("not cached and the model hub cannot be reached", "give its local directory", subprocess=True)
 def hub_model_while_offline(ctx):
     cfg = ctx.config()
     cfg["teacher"] = {"init": "pretrained", "name_or_path": "facebook/bart-large-cnn"}
@@ -482,7 +480,7 @@ def device_cuda_without_gpu(ctx):
             "--output_dir", ctx.out]
 
 
-@case("is not writable", "choose another directory")
+@case("is a file, not a directory", "choose another directory")
 def unwritable_output_dir(ctx):
     blocker = ctx.write("a_regular_file", "not a directory\n")
     ctx.protect(Path(blocker))
@@ -527,7 +525,7 @@ def vocabulary_mismatch_with_overwrite_keeps_the_earlier_student(ctx):
     return ["--mode", "distill_student", "--config", ctx.write_config(cfg), "--output_dir", str(run), "--overwrite"]
 
 
-@case("does not fit the configured student", "student.arch.d_model: 32 -> 64")
+@case("a resume cannot change", "student.arch.d_model: 32 -> 64")
 def checkpoint_of_another_architecture(ctx):
     run = ctx.copy_run()
     return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", str(run),
@@ -547,6 +545,7 @@ def truncated_checkpoint(ctx):
 @case(("truncated or corrupt", "cannot be read"), "--overwrite")
 def auto_resume_with_only_corrupt_checkpoints(ctx):
     run = ctx.copy_run()
+    shutil.rmtree(run / "student" / "final")  # unfinished: a finished stage needs no checkpoint to resume
     for ckpt in (run / "checkpoints" / "student").glob("step_*.pt"):
         ckpt.write_bytes(b"\x00" * 100)
     return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", str(run),
@@ -622,7 +621,7 @@ def checkpoint_of_another_format_version(ctx):
     import torch
     run = ctx.copy_run()
     ckpt = torch.load(run / STUDENT_CKPT, weights_only=True)
-    del ckpt["optimizer"]
+    del ckpt["optimizer"], ckpt["crc32"]  # as an older version wrote it: no optimizer state, no checksum
     torch.save(ckpt, run / STUDENT_CKPT)
     return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", str(run),
             "--resume_from_checkpoint", str(run / STUDENT_CKPT)]
@@ -631,9 +630,12 @@ def checkpoint_of_another_format_version(ctx):
 @case("does not match this version's format", "start the stage over with --overwrite")
 def checkpoint_with_a_foreign_state(ctx):
     import torch
+
+    from checkpoints import contents_crc
     run = ctx.copy_run()
     ckpt = torch.load(run / STUDENT_CKPT, weights_only=True)
     ckpt["state"]["future_field"] = 1
+    ckpt["crc32"] = contents_crc({k: v for k, v in ckpt.items() if k != "crc32"})  # as a newer version writes it
     torch.save(ckpt, run / STUDENT_CKPT)
     return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", str(run),
             "--resume_from_checkpoint", str(run / STUDENT_CKPT)]
@@ -665,31 +667,27 @@ def full_pipeline_into_a_finished_run(ctx):
 # --------------------------------------------------------------------------- running and checking
 def run_subprocess(argv, cwd=None):
     env = dict(os.environ, **OFFLINE)
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, argv)], capture_output=True, text=True,
-                          env=env, cwd=cwd or ROOT, timeout=300, check=False)
-    return proc.returncode, proc.stderr, time.perf_counter() - t0
+                          env=env, cwd=cwd or ROOT, timeout=300, check=False)  # timeout: a hang guard
+    return proc.returncode, proc.stderr
 
 
 def run_in_process(argv, capsys, monkeypatch, cwd=None):
     """main.main(argv); an exception escaping it is what a user would see as a traceback (exit 1)."""
-    import pipeline  # noqa: F401 - main() imports it lazily; max_seconds times the run, not the imports
     from main import main
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
     if cwd:
         monkeypatch.chdir(cwd)
     capsys.readouterr()
-    t0 = time.perf_counter()
     try:
         code = main(list(map(str, argv)))
     except SystemExit as e:  # argparse
         code = e.code
     except Exception as e:  # noqa: BLE001 - any escaping exception is the failure being tested
         err = capsys.readouterr().err
-        return 1, f"{err}Traceback (most recent call last):\n  [in-process] {type(e).__name__}: {e}\n", \
-            time.perf_counter() - t0
-    return code, capsys.readouterr().err, time.perf_counter() - t0
+        return 1, f"{err}Traceback (most recent call last):\n  [in-process] {type(e).__name__}: {e}\n"
+    return code, capsys.readouterr().err
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -766,12 +764,10 @@ def test_bad_input_exits_2_with_one_helpful_line(case: Case, tmp_path, request, 
     argv = case.setup(ctx)
     before = {root: snapshot(root) for root in ctx.protected}
     if case.subprocess:
-        code, stderr, seconds = run_subprocess(argv, ctx.cwd)
+        code, stderr = run_subprocess(argv, ctx.cwd)
     else:
-        code, stderr, seconds = run_in_process(argv, capsys, monkeypatch, ctx.cwd)
+        code, stderr = run_in_process(argv, capsys, monkeypatch, ctx.cwd)
     problems = error_problems(code, stderr, case.problem, case.fix)
-    if case.max_seconds is not None and seconds > case.max_seconds:
-        problems.append(f"took {seconds:.1f} s, expected under {case.max_seconds} s")
     for root, snap in before.items():
         problems += changes(root, snap, snapshot(root))
     shown = "\n".join(stderr.strip().splitlines()[-15:])

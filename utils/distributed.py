@@ -1,16 +1,22 @@
 """The process group under torchrun: one small set of helpers that everything else calls.
 
 ``torchrun --nproc_per_node N main.py ...`` starts N copies of this program with RANK, WORLD_SIZE,
-LOCAL_RANK and the rendezvous address in the environment. :func:`setup` joins them into one process
-group (NCCL on CUDA, gloo on CPU). Launched without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) no
-group is created and every helper answers for a single process: rank 0 of 1, barriers do nothing,
-sums are the values themselves, so that path behaves exactly as before.
+LOCAL_RANK and the rendezvous address in the environment. :func:`launch_env` checks them (main.py
+calls it before anything is read or written); :func:`setup` waits, visibly and for a bounded time,
+until every rank has checked in, then joins them into one process group (NCCL on CUDA, gloo on CPU).
+Launched without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) no group is created and every helper
+answers for a single process: rank 0 of 1, barriers do nothing, sums are the values themselves, so
+that path behaves exactly as before.
 """
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import time
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -18,11 +24,48 @@ import torch.distributed as dist
 from utils.errors import UserError
 
 TIMEOUT = timedelta(minutes=60)  # a rank waiting while rank 0 builds a teacher cache or validates
+RENDEZVOUS_TIMEOUT = 300.0  # seconds for every rank to check in (training.rendezvous_timeout)
+NOTICE_EVERY = 15.0  # seconds between two "waiting for ..." lines
+ARRIVED = "kd_rendezvous/arrived"  # store key prefix: one key per rank that checked in
+LAUNCH = "launch with torchrun --nproc_per_node N main.py ..., or unset WORLD_SIZE for one process"
+
+
+class LaunchEnv(NamedTuple):
+    world_size: int
+    rank: int
+    local_rank: int
+    addr: str
+    port: int
+
+
+def launch_env() -> LaunchEnv | None:
+    """The launcher's variables, checked (a one-line UserError names a bad one); None for one process."""
+    world = _env_int("WORLD_SIZE", "1", 1, None, "the number of processes")
+    if world == 1:
+        return None
+    for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(var, "").strip():
+            raise UserError(f"WORLD_SIZE is set but {var} is not; {LAUNCH}")
+    return LaunchEnv(world, _env_int("RANK", None, 0, world - 1, f"0 <= RANK < WORLD_SIZE={world}"),
+                     _env_int("LOCAL_RANK", "0", 0, None, "this process's index on its node"),
+                     os.environ["MASTER_ADDR"].strip(), _env_int("MASTER_PORT", None, 1, 65535, "a TCP port"))
+
+
+def _env_int(var: str, default: str | None, lo: int, hi: int | None, meaning: str) -> int:
+    text = os.environ.get(var, default)
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"{var}={text!r} is not an integer ({meaning}); {LAUNCH}") from None
+    if value < lo or (hi is not None and value > hi):
+        bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise UserError(f"{var}={value} must be {bounds} ({meaning}); {LAUNCH}")
+    return value
 
 
 def launched() -> bool:
     """Whether torchrun (or another launcher setting its variables) started more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launch_env() is not None
 
 
 def active() -> bool:
@@ -41,24 +84,106 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: torch.device) -> torch.device:
+def setup(device: torch.device, rendezvous_timeout: float = RENDEZVOUS_TIMEOUT) -> torch.device:
     """Join the torchrun process group (once); returns this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
-    if not launched():
+    env = launch_env()
+    if env is None:
         return device
     if device.type == "cuda":  # one GPU per process: LOCAL_RANK names it on this node
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if local >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {local} but this node has {torch.cuda.device_count()} GPUs; start at most "
-                            f"that many processes per node (torchrun --nproc_per_node)")
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+        if env.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {env.local_rank} but this node has {torch.cuda.device_count()} GPUs; start "
+                            f"at most that many processes per node (torchrun --nproc_per_node)")
+        torch.cuda.set_device(env.local_rank)
+        device = torch.device("cuda", env.local_rank)
     if not active():
-        for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
-            if var not in os.environ:
-                raise UserError(f"WORLD_SIZE is set but {var} is not; launch with torchrun (see the README's "
-                                f"torchrun section), or unset WORLD_SIZE for one process")
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        store = rendezvous(env, rendezvous_timeout)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=env.rank,
+                                world_size=env.world_size, timeout=TIMEOUT)
     return device
+
+
+def rendezvous(env: LaunchEnv, timeout: float) -> dist.Store:
+    """Every rank checks in on one TCP store, waiting at most ``timeout`` seconds for the others and
+    saying so on stderr; a rank that never comes is named in a one-line error (not a silent
+    60-minute hang). Rank 0 serves the store, unless torchrun's agent already does."""
+    deadline = time.monotonic() + timeout
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = _serve(env) if env.rank == 0 and not agent else _connect(env, deadline, timeout)
+    store.set(f"{ARRIVED}/{env.rank}", "1")
+    keys = [f"{ARRIVED}/{r}" for r in range(env.world_size)]
+    missing = lambda: [r for r, k in enumerate(keys) if not _check(store, env, [k])]
+    if not _poll(lambda: _check(store, env, keys), lambda: f"{_ranks(missing())} of {env.world_size} to join",
+                 env, deadline, timeout):
+        raise UserError(f"{_ranks(missing())} of {env.world_size} never joined at {env.addr}:{env.port} within "
+                        f"{timeout:g} s (training.rendezvous_timeout); start every rank with the same MASTER_ADDR and "
+                        f"MASTER_PORT: {LAUNCH}")
+    store.set_timeout(TIMEOUT)  # from here on the process group's collectives set the pace
+    return store
+
+
+def _serve(env: LaunchEnv) -> dist.Store:
+    try:  # wait_for_workers=False: the check-in below waits, visibly and naming who is missing
+        return dist.TCPStore(env.addr, env.port, env.world_size, is_master=True, timeout=TIMEOUT,
+                             wait_for_workers=False)
+    except RuntimeError as e:  # DistNetworkError: most often the port is taken
+        raise UserError(f"rank 0 cannot open the rendezvous on MASTER_PORT={env.port} ({_first_line(e)}); "
+                        f"choose a free port, or {LAUNCH}") from None
+
+
+def _connect(env: LaunchEnv, deadline: float, timeout: float) -> dist.Store:
+    """A client of rank 0's store, once its port answers: probing with a plain socket first keeps
+    the store's own retries (pages of C++ log) out of the wait."""
+    reason = ["no answer"]
+
+    def answers() -> bool:
+        try:
+            socket.create_connection((env.addr, env.port), timeout=2).close()
+            return True
+        except OSError as e:
+            reason[0] = e.strerror or str(e)
+            return False
+    if not _poll(answers, lambda: "rank 0's rendezvous", env, deadline, timeout):
+        raise UserError(f"rank 0's rendezvous at {env.addr}:{env.port} never answered within {timeout:g} s "
+                        f"(training.rendezvous_timeout; {reason[0]}); check MASTER_ADDR/MASTER_PORT and {LAUNCH}")
+    try:
+        return dist.TCPStore(env.addr, env.port, env.world_size, is_master=False,
+                             timeout=timedelta(seconds=max(deadline - time.monotonic(), 1.0)))
+    except RuntimeError as e:
+        raise UserError(f"cannot join rank 0's rendezvous at {env.addr}:{env.port} ({_first_line(e)}); "
+                        f"{LAUNCH}") from None
+
+
+def _check(store: dist.Store, env: LaunchEnv, keys: list[str]) -> bool:
+    try:
+        return store.check(keys)
+    except RuntimeError:  # rank 0 (the server) stopped: it printed why
+        raise UserError(f"rank 0's rendezvous at {env.addr}:{env.port} closed before every rank joined (see rank 0's "
+                        f"error); {LAUNCH}") from None
+
+
+def _poll(done: Callable[[], bool], waiting_for: Callable[[], str], env: LaunchEnv, deadline: float,
+          timeout: float) -> bool:
+    """Poll ``done()`` until true (True) or the deadline (False), printing a line now and then."""
+    notice = time.monotonic() + min(5.0, timeout / 3)  # quiet when the ranks start together, as usual
+    while not done():
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if now >= notice:
+            mark = f"[rank {env.rank}] " if env.rank else ""
+            print(f"{mark}waiting for {waiting_for()} at {env.addr}:{env.port} (timeout {timeout:g} s)",
+                  file=sys.stderr, flush=True)
+            notice = now + NOTICE_EVERY
+        time.sleep(0.2)
+    return True
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank{'s' * (len(ranks) != 1)} {', '.join(map(str, ranks))}"
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def shutdown() -> None:
