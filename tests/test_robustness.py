@@ -82,7 +82,7 @@ def test_resume_in_place_logs_every_step_once(tiny_config_dict, write_config, tm
 
 
 @pytest.mark.parametrize("override, message", [
-    ("training.teacher.max_steps=9", "belongs to a run of 6 steps but the config now gives 9"),
+    ("training.teacher.max_steps=9", "a resume cannot change training.teacher.max_steps: 6 -> 9"),
     ("training.teacher.batch_size=4", "a resume cannot change training.teacher.batch_size: 8 -> 4"),
 ])
 def test_resume_with_another_schedule_is_refused(override, message, tiny_config_dict, write_config, tmp_path, capsys):
