@@ -1,6 +1,8 @@
 """Batched generation with one set of decoding settings for every model compared."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import GenerationConfig
 
@@ -31,6 +33,16 @@ def generation_config(cfg: BenchmarkConfig, model, tokenizer) -> GenerationConfi
     if rows > len(tokenizer):  # T5: ids 32100..32127 are padding rows no tokenizer id maps to
         kwargs["suppress_tokens"] = list(range(len(tokenizer), rows))
     return GenerationConfig(**kwargs)
+
+
+def sampling_config(on_policy, max_new_tokens: int, bench: BenchmarkConfig, model, tokenizer) -> GenerationConfig:
+    """The student's sampling for on-policy batches (``distill.on_policy``): one sample per source from
+    its own distribution, shaped only by temperature, top-p and top-k (no beams, no n-gram or phrase
+    blocking: where the student would write a blocked phrase, the teacher's scores should correct it)."""
+    gen = generation_config(dataclasses.replace(bench, num_beams=1, no_repeat_ngram_size=0, bad_phrases=[],
+                                                max_new_tokens=max_new_tokens), model, tokenizer)
+    gen.update(do_sample=True, temperature=on_policy.temperature, top_p=on_policy.top_p, top_k=on_policy.top_k)
+    return gen
 
 
 def bad_words_ids(phrases: list[str], tokenizer) -> list[list[int]]:

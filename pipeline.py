@@ -31,9 +31,11 @@ from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs, un
 from distiller_zoo import LossConfigError, Objective, build_loss
 from models import (attention_kwargs, build_model, is_causal_lm, load_saved, load_tokenizer, same_vocabulary,
                     scratch_config, shrink_model, shrunk_config)
+from generation import sampling_config
 from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
+from training.on_policy import OnPolicy
 from training.checkpointing import read_resumable
 from training.trainer import config_section
 from utils import distributed as dist
@@ -351,6 +353,7 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     run = run or start(cfg, opts)
     baseline = baseline and cfg.training.baseline
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
+    on_policy = on_policy_objective(cfg)
     if cfg.distill.teacher_cache is not None and objective.requires - {"logits"}:
         raise UserError("distill.teacher_cache keeps the teacher's logits only; hidden-state and attention losses "
                         "need the live teacher: remove distill.teacher_cache or those losses")
@@ -360,15 +363,17 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
         prepare_stage(baseline_run(run), BASELINE)
     if not stage.finished:  # the data is read (and so checked) before a teacher is loaded
         _ = run.splits, cfg.distill.pseudo_labels and run.unlabeled
-    final = finished_stage(stage) if stage.finished else _distill(run, stage, objective, teacher_path)
+        check_replay_fits(run)
+    final = finished_stage(stage) if stage.finished else _distill(run, stage, objective, on_policy, teacher_path)
     if baseline:
         from baseline import train_baseline
         train_baseline(cfg, opts, run, teacher_path)
     return final
 
 
-def _distill(run: Run, stage: Stage, objective: Objective, teacher_path) -> Path:
-    """Load the teacher, build the student and its data (pseudo-labels, the teacher cache), train."""
+def _distill(run: Run, stage: Stage, objective: Objective, on_policy: Objective | None, teacher_path) -> Path:
+    """Load the teacher, build the student and its data (pseudo-labels, the teacher cache, on-policy
+    samples), train."""
     cfg = run.cfg
     attentions = "attentions" in objective.requires
     found = resolve_model(run, "teacher", teacher_path, attentions)
@@ -386,12 +391,15 @@ def _distill(run: Run, stage: Stage, objective: Objective, teacher_path) -> Path
         raise UserError("a teacher with another tokenizer (or a causal one) is aligned with the student by characters "
                         "and answers with its logits only: remove distill.teacher_cache, distill.pseudo_labels and "
                         "hidden-state/attention losses, or give the student the teacher's tokenizer")
-    objective.vocab_size = len(s_tok)
-    try:
-        objective.bind(student.config, teacher.config)
-    except ValueError as e:
-        raise UserError(f"distill.losses: {e}") from None
-    job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher)
+    for where, obj in (("distill.losses", objective), ("distill.on_policy.losses", on_policy)):
+        if obj is not None:
+            obj.vocab_size = len(s_tok)
+            try:
+                obj.bind(student.config, teacher.config)
+            except ValueError as e:
+                raise UserError(f"{where}: {e}") from None
+    job = make_job(run, "student", s_tok, stage, objective=objective, teacher=teacher,
+                   on_policy=on_policy and build_on_policy(run, on_policy, student, s_tok))
     if cross:  # another tokenizer or a causal teacher: aligned by characters (distiller_zoo.cross_teacher)
         from distiller_zoo.cross_teacher import cross_tokenizer_source
         job.collator, job.teacher = cross_tokenizer_source(teacher, t_tok, s_tok, job.collator, job.train_pairs,
@@ -430,13 +438,47 @@ def build_student(run: Run, teacher, t_tok, attentions: bool):
 
 
 def build_objective(cfg: Config) -> Objective:
+    return _objective(cfg.distill.losses, cfg.distill.ce_weight, "distill.losses")
+
+
+def on_policy_objective(cfg: Config) -> Objective | None:
+    """The objective of the on-policy micro-batches: the divergences alone, no cross-entropy."""
+    if cfg.distill.on_policy is None:
+        return None
+    objective = _objective(cfg.distill.on_policy.losses, 0.0, "distill.on_policy.losses")
+    objective.prefix = "op_"
+    if objective.requires - {"logits"}:
+        raise UserError("distill.on_policy.losses: only logit losses score the student's samples; move hidden-state "
+                        "and attention losses to distill.losses")
+    return objective
+
+
+def _objective(specs, ce_weight: float, where: str) -> Objective:
     terms = []
-    for i, spec in enumerate(cfg.distill.losses):
+    for i, spec in enumerate(specs):
         try:
             terms.append((spec.name, spec.weight, build_loss(spec.name, spec.params)))
         except LossConfigError as e:
-            raise UserError(f"distill.losses[{i}]: {e}") from None
-    return Objective(cfg.distill.ce_weight, terms)
+            raise UserError(f"{where}[{i}]: {e}") from None
+    return Objective(ce_weight, terms)
+
+
+def check_replay_fits(run: Run) -> None:
+    """A replay buffer holds at most one sample per training source (more would never fill)."""
+    op = run.cfg.distill.on_policy
+    if op is None or op.replay is None:
+        return
+    sources = len({e.source for e in run.splits.train} | set(run.unlabeled if run.cfg.distill.pseudo_labels else []))
+    if op.replay.size > sources:
+        raise UserError(f"distill.on_policy.replay.size {op.replay.size:,} is larger than the data ({sources:,} "
+                        f"training sources); set it to at most {sources:,}")
+
+
+def build_on_policy(run: Run, objective: Objective, student, tokenizer) -> OnPolicy:
+    op = run.cfg.distill.on_policy
+    gen = sampling_config(op, op.max_new_tokens or run.cfg.data.max_target_length, run.cfg.benchmark, student,
+                          tokenizer)
+    return OnPolicy(op, student, objective.to(run.device), run.cfg.training.seed, run.device, run.precision, gen)
 
 
 PRETRAINED = "pretrained"  # a model source meaning "<role>.name_or_path as configured"
@@ -509,6 +551,8 @@ def check_reports_free(run: Run) -> None:
 def preflight(run: Run) -> None:
     """Checks that would otherwise fail only after hours of training."""
     build_objective(run.cfg)
+    on_policy_objective(run.cfg)
+    check_replay_fits(run)
     check_reports_free(run)
     t, s = run.cfg.teacher, run.cfg.student
     if s.init == "shrink" and t.init == "scratch" and not run.opts.teacher_path:   # the teacher is trained first

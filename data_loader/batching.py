@@ -104,7 +104,17 @@ class Seq2SeqCollator:
     def __call__(self, pairs: list[tuple[str, str]]) -> dict:
         if not pairs:
             raise ValueError("Seq2SeqCollator: empty batch")
-        encoded = self.encode(pairs)
+        return self._padded(self.encode(pairs))
+
+    def sampled_batch(self, sources: list[str], targets: list[list[int]]) -> dict:
+        """``sources`` with given target ids as labels (a model's own samples: exactly those tokens,
+        not re-tokenized; not cached, since each sample is new)."""
+        src = self.tokenizer([self.prefix + s for s in sources], truncation=True,
+                             max_length=self.max_source_length).input_ids
+        return self._padded([(np.asarray(s, dtype=np.int32), np.asarray(t, dtype=np.int32))
+                             for s, t in zip(src, targets)])
+
+    def _padded(self, encoded: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         n, src_len, tgt_len = len(encoded), max(len(s) for s, _ in encoded), max(len(t) for _, t in encoded)
         input_ids = torch.full((n, src_len), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((n, src_len), dtype=torch.long)

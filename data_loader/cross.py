@@ -63,11 +63,14 @@ class CrossTokenizerCollator:
     def __getattr__(self, name):   # prefix, max lengths, encode, lengths, tokenizer: the student's
         return getattr(self.student, name)
 
-    def teacher_row(self, pair: tuple[str, str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """(teacher input ids, teacher labels or None, teacher index per student target token)."""
-        if pair not in self._rows:
+    def teacher_row(self, pair: tuple[str, str], s_ids: list[int] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(teacher input ids, teacher labels or None, teacher index per student target token);
+        cached per pair, unless the student's target ids ``s_ids`` are given (a sample)."""
+        if s_ids is not None or pair not in self._rows:
             source, target = pair
-            s_ids = self.student.encode([pair])[0][1].tolist()
+            cached = s_ids is None
+            s_ids = self.student.encode([pair])[0][1].tolist() if cached else s_ids
             student_side, teacher_side = self.sides
             if self.causal:
                 tt = self.teacher_tok
@@ -82,13 +85,24 @@ class CrossTokenizerCollator:
                 inputs, labels, offset = src, t_ids, 0                           # decoder state k predicts label k
             pairs = align(student_side.starts(target, s_ids), teacher_side.starts(target, t_ids))
             index = [-1 if j is None or j + offset < 0 else j + offset for j in pairs]
-            self._rows[pair] = (np.asarray(inputs, dtype=np.int32), None if labels is None else
-                                np.asarray(labels, dtype=np.int32), np.asarray(index, dtype=np.int32))
+            row = (np.asarray(inputs, dtype=np.int32), None if labels is None else
+                   np.asarray(labels, dtype=np.int32), np.asarray(index, dtype=np.int32))
+            if not cached:
+                return row
+            self._rows[pair] = row
         return self._rows[pair]
 
     def __call__(self, pairs: list[tuple[str, str]]) -> dict:
-        batch = self.student(pairs)
-        rows = [self.teacher_row(p) for p in pairs]
+        return self._with_teacher(self.student(pairs), [self.teacher_row(p) for p in pairs])
+
+    def sampled_batch(self, sources: list[str], targets: list[list[int]]) -> dict:
+        """The student's samples as its labels (exactly those tokens); the teacher reads them as text,
+        tokenized its own way and aligned by characters like any target."""
+        texts = self.student.tokenizer.batch_decode(targets, skip_special_tokens=True)
+        rows = [self.teacher_row((s, t), ids) for s, t, ids in zip(sources, texts, targets)]
+        return self._with_teacher(self.student.sampled_batch(sources, targets), rows)
+
+    def _with_teacher(self, batch: dict, rows: list) -> dict:
         pad = self.teacher_tok.pad_token_id
         batch["teacher_input_ids"], batch["teacher_attention_mask"] = _pad([r[0] for r in rows], pad, mask=True)
         if not self.causal:

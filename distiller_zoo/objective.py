@@ -35,6 +35,7 @@ class Objective(nn.Module):
         self.weights = [w for _, w, _ in terms]
         self.losses = nn.ModuleList([loss for _, _, loss in terms])
         self.vocab_size = vocab_size
+        self.prefix = ""  # before each term's name in the step records (the on-policy objective's: "op_")
 
     @property
     def vocab_size(self) -> int | None:
@@ -93,7 +94,7 @@ class Objective(nn.Module):
                 total = total + w * terms[key]
         if teacher is not None and teacher.aligned is not None:   # logged per token: the aligned fraction
             terms["aligned_fraction"] = torch.tensor(float(teacher.aligned), device=total.device)
-        return total, terms
+        return total, {self.prefix + k: v for k, v in terms.items()}
 
     def forward(self, student_out, teacher_out, labels, attention_mask=None):
         terms = {"ce": cross_entropy_sum(student_out.logits, labels, self.vocab_size)}

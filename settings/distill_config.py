@@ -1,11 +1,11 @@
-"""The distill section: the student's objective, pseudo-labels, the teacher cache."""
+"""The distill section: the student's objective, pseudo-labels, the teacher cache, on-policy batches."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Optional
 
-from settings.fields import _choice, _positive, doc
+from settings.fields import MAX_TOKENS, _choice, _in_range, _positive, doc
 
 
 @dataclass
@@ -72,6 +72,56 @@ class TeacherCacheConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """DistiLLM's replay buffer: the student's samples kept and drawn again, so fewer steps generate."""
+
+    size: int = doc("Samples kept (the newest; at most the number of training pairs).", 1024)
+    refresh: float = doc("Probability that an on-policy micro-batch generates new samples (added to the buffer) "
+                         "instead of drawing from the buffer; 1 = always new.", 0.25)
+
+    def __post_init__(self):
+        _positive("size", self.size, 10**7)
+        _in_range("refresh", self.refresh, 0.0, 1.0)
+
+
+@dataclass
+class OnPolicyConfig:
+    """On-policy distillation (GKD, Agarwal et al. 2024): on a share of the micro-batches the student
+    samples its own targets, the teacher scores exactly those tokens, and only ``losses`` apply."""
+
+    fraction: float = doc("GKD's lambda: the share of micro-batches whose targets the student samples (0 = "
+                          "off-policy only, as without this section; 1 = every micro-batch). With adaptive, the "
+                          "largest share.", 0.5)
+    temperature: float = doc("Sampling temperature of the student.", 1.0)
+    top_p: float = doc("Nucleus sampling: the smallest set of tokens holding this probability (1 = off).", 1.0)
+    top_k: int = doc("Sample among the k most likely tokens only (0 = off).", 0)
+    max_new_tokens: Optional[int] = doc("Longest sampled target (default: data.max_target_length).", None)
+    losses: list[LossSpec] = doc(
+        "The divergences applied on the student's samples, each with its weight (no cross-entropy there); any "
+        "logit loss by name. GKD's generalized JSD is jsd with beta.",
+        factory=lambda: [LossSpec("jsd", 1.0, {"beta": 0.5, "temperature": 1.0})])
+    replay: Optional[ReplayConfig] = doc("Reuse samples from a buffer (DistiLLM), e.g. {size: 1024, refresh: "
+                                         "0.25}. null: every on-policy micro-batch samples anew.", None)
+    adaptive: bool = doc("DistiLLM's adaptive schedule: the share starts at 0 and rises by adaptive_increment "
+                         "(up to fraction) at each validation whose loss did not improve.", False)
+    adaptive_increment: float = doc("Step of the adaptive share.", 0.1)
+
+    def __post_init__(self):
+        _in_range("fraction", self.fraction, 0.0, 1.0)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature: must be > 0 and finite, got {self.temperature}")
+        if not 0 < self.top_p <= 1:  # (also refuses NaN)
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        _in_range("top_k", self.top_k, 0, 10**7)
+        if self.max_new_tokens is not None:
+            _positive("max_new_tokens", self.max_new_tokens, MAX_TOKENS)
+        if not any(spec.weight > 0 for spec in self.losses):
+            raise ValueError("losses: give at least one divergence with a weight > 0 (e.g. {name: jsd, beta: 0.5})")
+        if not 0 < self.adaptive_increment <= 1:
+            raise ValueError(f"adaptive_increment: must be in (0, 1], got {self.adaptive_increment}")
+
+
+@dataclass
 class DistillConfig:
     """The student's objective: ``ce_weight * CE + sum_i weight_i * loss_i``.
 
@@ -96,6 +146,9 @@ class DistillConfig:
                                "Triton on GPU.", False)
     teacher_cache: Optional[TeacherCacheConfig] = doc("Distill from a cached top-K teacher instead of running it "
                                                       "every step, e.g. {top_k: 32}; logit losses only.", None)
+    on_policy: Optional[OnPolicyConfig] = doc("On-policy distillation: a share of the micro-batches trains on "
+                                              "the student's own samples scored by the teacher, e.g. {fraction: "
+                                              "0.5}. null: off-policy only.", None)
 
     def __post_init__(self):
         if self.chunk_size is not None and self.chunk_size < 0:
@@ -104,3 +157,6 @@ class DistillConfig:
             raise ValueError(f"ce_weight: must be >= 0, got {self.ce_weight}")
         if self.ce_weight == 0 and not any(s.weight > 0 for s in self.losses):
             raise ValueError("ce_weight: every weight is zero, the student would learn nothing")
+        if self.on_policy is not None and self.teacher_cache is not None:
+            raise ValueError("on_policy: a teacher cache holds the teacher's outputs for the training pairs only and "
+                             "cannot score the student's new samples; remove distill.teacher_cache or on_policy")

@@ -61,8 +61,11 @@ class Config:
 def check_positions(cfg: Config, limit: int, owner: str, fix: str) -> None:
     """Learned position tables (BART) cannot index past their ``limit``: refuse lengths that do
     not fit (T5's relative positions have no limit). ``owner`` names the limit, ``fix`` starts the fix."""
+    on_policy = cfg.distill.on_policy
+    sampled = on_policy.max_new_tokens if on_policy is not None and on_policy.max_new_tokens else 0
     for key, n in (("data.max_source_length", cfg.data.max_source_length),
                    ("data.max_target_length", cfg.data.max_target_length),
-                   ("benchmark.max_new_tokens", cfg.benchmark.max_new_tokens + 1)):
+                   ("benchmark.max_new_tokens", cfg.benchmark.max_new_tokens + 1),
+                   ("distill.on_policy.max_new_tokens", sampled + 1)):
         if n > limit:
             raise ValueError(f"{owner}: {limit} positions cannot hold {key} ({n}); {fix} {key}")

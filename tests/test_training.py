@@ -101,14 +101,14 @@ def test_random_copy_steps_train_on_copies_with_cross_entropy_then_the_pairs(tmp
     trainer, pairs = make_trainer(tmp_path, accum=2, batch_size=4, random_copy_steps=2, random_copy_length=6)
     seen = []
 
-    def record(batch, ce_only=False):
-        seen.append((batch, ce_only))
-        return real(batch, ce_only)
+    def record(batch, objective=None):
+        seen.append((batch, objective))
+        return real(batch, objective=objective)
     real, trainer.loss_sums = trainer.loss_sums, record
     for _ in range(3):
         trainer.train_step(trainer.window_batches(trainer.state.epoch, trainer.state.window))
         trainer._advance()
-    assert [ce for _, ce in seen] == [True] * 4 + [False] * 2  # 2 steps x 2 micro-batches copy, then pairs
+    assert len(seen) == 6 and all(o is None for _, o in seen)  # 2 steps x 2 micro-batches copy, then pairs: CE
     for batch, _ in seen[:4]:
         assert batch["input_ids"].shape == (4, 6 + 1) and bool(batch["attention_mask"].all())  # + end of sequence
         assert torch.equal(batch["input_ids"], batch["labels"])  # this tokenizer frames both sides alike

@@ -57,6 +57,8 @@ class CheckpointMixin:
             "total_steps": self.total_steps,
             "config": job.config,
         }
+        if job.on_policy is not None:  # each rank's replay buffer, and the adaptive share
+            payload["on_policy_ranks"] = dist.all_gather(self.batches.state_dict())
         path = job.checkpoint_dir / f"step_{s.step:08d}.pt"
         if dist.is_main():
             save_checkpoint_file(payload, path)
@@ -91,6 +93,7 @@ class CheckpointMixin:
                 self.scaler.load_state_dict(ckpt["scaler"])  # a fp32/bf16 checkpoint has no scale to restore
             self.state = TrainState(**ckpt["state"])
             self._restore_rng(ckpt)
+            self.batches.load_state_dict(_rank_share(ckpt.get("on_policy_ranks"), dist.rank()))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise UserError(f"checkpoint {path} does not match this version's format ({one_line(e, 120)}); resume "
                             f"it with the version that wrote it, or start the stage over with --overwrite") from None
@@ -197,3 +200,10 @@ def _same_global_batch(saved: dict, section: str, saved_world: int, config: dict
                         f"{optim['batch_size']} = {was} pairs per micro-step, this run has {world} x "
                         f"{batch} = {batch * world}; resume with {fits} to keep the data order")
     return {**saved, "training": {**saved["training"], section: {**optim, "batch_size": batch}}}
+
+
+def _rank_share(states: list | None, rank: int) -> dict | None:
+    """This rank's on-policy state; a rank the saving run did not have starts with an empty buffer."""
+    if not states:
+        return None
+    return states[rank] if rank < len(states) else {**states[0], "buffer": []}

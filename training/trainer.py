@@ -36,6 +36,7 @@ from distiller_zoo.fused import fused_logit_objective
 from distiller_zoo.heads import decoder_states, lm_head
 from distiller_zoo.teacher import teacher_source
 from training.checkpointing import CheckpointMixin, TrainState
+from training.on_policy import MICRO_COUNTS, Batches, OnPolicy
 from training.validation import ValidationMixin
 from utils import distributed as dist
 from utils.errors import TrainingInterrupted, UserError
@@ -66,6 +67,7 @@ class TrainJob:
     teacher: object | None = None   # a teacher source (distiller_zoo.teacher), or a bare model (run live)
     chunk_size: int | None = None   # target positions per chunk of the fused loss; 0 = full logits, None = by V
     compile_chunks: bool = False    # torch.compile each chunk's loss and gradient
+    on_policy: OnPolicy | None = None  # the student's own samples on a share of the micro-batches
 
     def __post_init__(self):
         if self.optim.random_copy_steps:  # a length that does not fit fails now, not at step 1
@@ -89,6 +91,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
     def __init__(self, job: TrainJob, model, tokenizer):
         self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
         self.objective = job.objective.to(job.device) if job.objective else None
+        self.batches = Batches(job.collator, self.objective, job.on_policy)  # what each micro-batch trains on
         self.teacher = teacher_source(job.teacher, len(tokenizer))
         if self.teacher is not None:
             self.teacher.to(job.device)
@@ -195,6 +198,8 @@ class Trainer(ValidationMixin, CheckpointMixin):
                  job.optim.gradient_accumulation_steps, job.precision.name, job.device)
         if self.objective is not None:
             log.info("student objective: %s", self.objective.formula())
+        if job.on_policy is not None:
+            log.info("on-policy: %s", job.on_policy.describe())
         if self.state.step < job.optim.random_copy_steps:
             log.info("%s: steps %d-%d copy %d random tokens (cross-entropy alone), then the training pairs", job.role,
                      self.state.step + 1, job.optim.random_copy_steps, job.optim.random_copy_length)
@@ -228,7 +233,9 @@ class Trainer(ValidationMixin, CheckpointMixin):
             saved = None
             if self._checkpoint_due(epoch_done):
                 if job.val_examples:
-                    _write_jsonl(metrics_file, {"step": self.state.step, "eval": self.validate()})
+                    result = self.validate()
+                    self.batches.after_validation(result["loss"])  # the adaptive on-policy share
+                    _write_jsonl(metrics_file, {"step": self.state.step, "eval": result})
                 saved = self.save_checkpoint()
             # A signal may reach one rank only: all stop after the same step, with one checkpoint.
             if dist.any_rank(stop.signum is not None):
@@ -242,19 +249,22 @@ class Trainer(ValidationMixin, CheckpointMixin):
         # rank in every gradient all-reduce.
         weights = [1.0 if pairs else 0.0 for pairs in window]
         copying = self.state.step < job.optim.random_copy_steps
-        batches = [self._to_device(self._random_copies(i, len(pairs) or 1) if copying else
-                                   job.collator(pairs or job.train_pairs[:1])) for i, pairs in enumerate(window)]
+        micro = [(self._random_copies(i, len(pairs) or 1), None, {}) if copying else
+                 self.batches(pairs or job.train_pairs[:1], self.state.step, i) for i, pairs in enumerate(window)]
+        batches = [self._to_device(batch) for batch, _, _ in micro]
         n_tokens = int(dist.sum_all([sum(w * int((b["labels"] != IGNORE_INDEX).sum())
                                          for w, b in zip(weights, batches))])[0])
         # DDP averages gradients over the ranks; times world it is their sum, the whole window's.
         scale = self.world / n_tokens
         sums: dict[str, float] = {}
-        for i, (batch, w) in enumerate(zip(batches, weights)):
+        for k, v in (kv for _, _, record in micro for kv in record.items()):  # e.g. on-policy generation time
+            sums[k] = sums.get(k, 0.0) + v
+        for i, (batch, w, (_, objective, _)) in enumerate(zip(batches, weights, micro)):
             # Gradients are all-reduced once per window: not on the accumulating micro-steps.
             sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else nullcontext()
             with sync:
                 with job.precision.autocast():
-                    total, terms = self.loss_sums(batch, ce_only=copying)
+                    total, terms = self.loss_sums(batch, objective=objective)
                 # Divide once by the window's token count: the gradient equals that of one big batch.
                 self.scaler.scale(total * (w * scale)).backward()
             for k, v in terms.items():
@@ -276,7 +286,9 @@ class Trainer(ValidationMixin, CheckpointMixin):
             self.scheduler.step()
         record = {"step": self.state.step + 1, "epoch": self.state.epoch, "loss": round(loss, 6), "lr": lr,
                   "_tokens": n_tokens}
-        record.update({k: round(v / n_tokens, 6) for k, v in sums.items() if k != "loss"})
+        record.update({k: round(v / n_tokens, 6) for k, v in sums.items() if k not in ("loss", *MICRO_COUNTS)})
+        # per step and rank (the mean over the ranks), not per token: micro-batches, seconds generating
+        record.update({k: round(sums[k] / self.world, 4) for k in MICRO_COUNTS if k in sums})
         return record
 
     def _check_finite(self, loss: float) -> None:
@@ -317,15 +329,16 @@ class Trainer(ValidationMixin, CheckpointMixin):
                                           + dist.rank() + 700_000_001)
         return self.job.collator.random_copy_batch(n, self.job.optim.random_copy_length, g)
 
-    def loss_sums(self, batch: dict, ce_only: bool = False):
-        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens; ``ce_only``
-        (random-copy steps) leaves the teacher out: its outputs on random tokens teach nothing.
+    def loss_sums(self, batch: dict, objective=None):
+        """(weighted total, {term: sum}) for one micro-batch, summed over target tokens, of ``objective``
+        (the micro-batch's: see training.on_policy.Batches); None is cross-entropy alone (the teacher's
+        stage, and random-copy steps: the teacher's outputs on random tokens teach nothing).
 
         The student's logits are never materialised whole: CE and the logit losses run chunk by
         chunk from its final decoder states (distiller_zoo.fused); the teacher answers through
         the seam (live, cached, ...), whichever kind it is."""
-        need = self.objective.requires if self.objective is not None else frozenset()
-        ce_step = self.objective is None or ce_only
+        need = objective.requires if objective is not None else frozenset()
+        ce_step = objective is None
         # The teacher first: its forward's temporaries are freed before the student's activations are
         # held, so the two do not stack (a lower peak), and the student's forward reuses their memory.
         teacher = None if ce_step else self.teacher.targets(batch, need)
@@ -336,11 +349,17 @@ class Trainer(ValidationMixin, CheckpointMixin):
             mask = labels != IGNORE_INDEX
             ce, _ = fused_logit_objective(hidden[mask], head, labels[mask], None, 1.0, [], [], self.job.chunk_size,
                                           self.job.compile_chunks)
-            if ce_only and self.objective is not None:  # DDP waits for a gradient of every trainable parameter:
-                ce = ce + sum(0.0 * p.sum() for p in self.objective.parameters() if p.requires_grad)  # zeros
-            return ce, {"ce": ce}
-        return self.objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"], self.job.chunk_size,
-                                    self.job.compile_chunks)
+            return self._untouched_zeros(ce, objective), {"ce": ce}
+        total, terms = objective.fused(out, hidden, head, teacher, labels, batch["attention_mask"],
+                                       self.job.chunk_size, self.job.compile_chunks)
+        return self._untouched_zeros(total, objective), terms
+
+    def _untouched_zeros(self, total, objective):
+        """DDP waits for a gradient of every trainable parameter: the main objective's own (feature
+        projections) get zeros on micro-batches another objective (or CE alone) trains."""
+        if objective is self.objective or self.objective is None:
+            return total
+        return total + sum(0.0 * p.sum() for p in self.objective.parameters() if p.requires_grad)
 
     def _to_device(self, batch):
         return {k: v.to(self.job.device, non_blocking=True) for k, v in batch.items()}
