@@ -217,14 +217,18 @@ def _cell_text(v):
 
 
 # --------------------------------------------------------------------------- cleaning and grouping
-def _texts(v) -> list[str]:
-    """Non-blank, stripped texts of one cell (a list cell gives several)."""
-    items = v if isinstance(v, list) else [v]
-    return [s.strip() for s in items if isinstance(s, str) and s.strip()]
+def _texts(v, strip_quotes: bool = False) -> list[str]:
+    """Non-blank, stripped texts of one cell (a list cell gives several); with ``strip_quotes``, one pair
+    of double quotes around a whole text goes too (data.strip_quotes)."""
+    items = [s.strip() for s in (v if isinstance(v, list) else [v]) if isinstance(s, str)]
+    if strip_quotes:
+        items = [s[1:-1].strip() if len(s) >= 2 and s[0] == s[-1] == '"' else s for s in items]
+    return [s for s in items if s]
 
 
 def table_to_examples(df: pd.DataFrame, name: str, source_column: str, target_columns: list[str],
-                      column_keys: tuple[str, str] = ("data.source_column", "data.target_column")) -> list[Example]:
+                      column_keys: tuple[str, str] = ("data.source_column", "data.target_column"),
+                      strip_quotes: bool = False) -> list[Example]:
     """Clean ``df`` and group its rows by source (see the module docstring); ``name`` is used in messages."""
     _check_columns(df, name, source_column, target_columns, column_keys)
     sources = df[source_column].tolist()
@@ -232,8 +236,8 @@ def table_to_examples(df: pd.DataFrame, name: str, source_column: str, target_co
     grouped: dict[str, list[str]] = {}
     no_source = no_ref = 0
     for i, src in enumerate(sources):
-        src = _texts(src)
-        refs = [r for col in ref_cols for r in _texts(col[i])]
+        src = _texts(src, strip_quotes)
+        refs = [r for col in ref_cols for r in _texts(col[i], strip_quotes)]
         if not src:
             no_source += 1
         elif not refs:
@@ -356,7 +360,8 @@ def _from_files(cfg):
             out.append(None)
             continue
         df = read_table(path, cfg.format, cfg.encoding, key=f"data.{key}")
-        out.append(table_to_examples(df, f"data.{key} {path}", cfg.source_column, cfg.target_columns))
+        out.append(table_to_examples(df, f"data.{key} {path}", cfg.source_column, cfg.target_columns,
+                                     strip_quotes=cfg.strip_quotes))
     return tuple(out)
 
 
@@ -424,7 +429,7 @@ def unlabeled_sources(cfg) -> list[str]:
     df = read_table(path, cfg.format, cfg.encoding, key="data.unlabeled_file")
     name = f"data.unlabeled_file {path}"
     _check_columns(df, name, column, [], ("data.unlabeled_column", "data.unlabeled_column"))
-    sources = list(dict.fromkeys(t for v in df[column].tolist() for t in _texts(v)))
+    sources = list(dict.fromkeys(t for v in df[column].tolist() for t in _texts(v, cfg.strip_quotes)))
     if not sources:
         raise UserError(f"{name}: every value of the column {column!r} is empty ({len(df):,} rows); "
                         f"check data.unlabeled_column")

@@ -36,6 +36,9 @@ class DataConfig:
     synthetic: Optional[SyntheticConfig] = doc("Generate a synthetic task instead of reading files.", None)
     format: str = doc("File format: 'auto' (from the extension), csv, tsv, json, jsonl or parquet.", "auto")
     encoding: str = doc("Text encoding of CSV/TSV/JSON files, e.g. 'utf-8' or 'cp1252'.", "utf-8")
+    strip_quotes: bool = doc("Remove one pair of double quotes wrapping a whole text, in the files' sources and "
+                             "references (some exports keep them literally, e.g. ParaDetox's "
+                             "paradetox_cannot_rewrite.tsv: \"\"\"text\"\"\" in the file).", False)
     source_column: str = doc("Column holding the input text.", "source")
     target_column: Union[str, list[str]] = doc(
         "Column (or list of columns) holding reference outputs; several columns give several "

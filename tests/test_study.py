@@ -324,15 +324,20 @@ def test_shipped_study_files_validate_every_run(name, shared, tmp_path):
     from benchmark.study.runs import plan
     from benchmark.study.split import data_overrides
     from conftest import ROOT
+    from settings import load_config
     study, base = load_study(ROOT / "configs" / "studies" / f"{name}.yaml")
-    runs = plan(study, base, tmp_path, data_overrides({k: tmp_path / f"{k}.jsonl" for k in ("train", "validation", "test")}))
+    paths = {k: tmp_path / f"{k}.jsonl" for k in ("train", "validation", "test")}
+    runs = plan(study, base, tmp_path, data_overrides(paths, load_config(base).data))  # as run_study calls it
     assert len(runs) == 1 + len(study.methods) * len(study.seeds) and study.seeds == [0, 1, 2]
     assert {"vanilla_kd", "skew_kl", "vanilla_kd_hidden", "pseudo_labels"} <= set(study.methods)
     pseudo = next(r for r in runs if r.method == "pseudo_labels")
     assert f"cache_dir: '{tmp_path}/pseudo_labels'" in " ".join(pseudo.command)
     transfer = f"data.unlabeled_file={tmp_path}/split/unlabeled.jsonl"
     users = {r.method for r in runs if transfer in r.command}
-    assert users == ({"pseudo_labels", "pseudo_labels_kd"} if name == "synthetic" else set())
+    assert users == ({"pseudo_labels", "pseudo_labels_kd", "pseudo_labels_on_policy"} if name == "synthetic" else
+                     {"pseudo_labels_transfer", "pseudo_labels_on_policy"})
+    on_policy = {r.method for r in runs if any(c.startswith("distill.on_policy=") for c in r.command)}
+    assert on_policy == {"gkd_jsd_lambda05", "gkd_jsd_lambda1", "on_policy_rkl", "pseudo_labels_on_policy"}
     assert all(r.hosts_ce_only is False for r in runs if r.method in users)  # ce_only: the labeled pairs alone
 
 

@@ -135,7 +135,7 @@ def data_overrides(paths: dict[str, Path], data_cfg=None) -> list[str]:
     own transfer file, if any, is cleared; a method names split/unlabeled.jsonl to use it)."""
     clear = ["data.unlabeled_file=null"] if data_cfg is not None and data_cfg.unlabeled_file else []
     return clear + [f"data.train_file={paths['train']}", f"data.validation_file={paths['validation']}",
-            f"data.test_file={paths['test']}", "data.format=auto", "data.encoding=utf-8",
+            f"data.test_file={paths['test']}", "data.format=auto", "data.encoding=utf-8", "data.strip_quotes=false",
             "data.source_column=source", "data.target_column=references", "data.synthetic=null",
-            "data.dataset_name=null", "data.max_eval_samples=null",
+            "data.dataset_name=null", "data.max_eval_samples=null", "data.unlabeled_column=null",
             "benchmark.split=test", "benchmark.max_samples=null"]
