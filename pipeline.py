@@ -36,8 +36,7 @@ from pseudo_labels import pseudo_label_pairs
 from checkpoints import latest_checkpoint
 from training import Trainer, TrainJob
 from training.on_policy import OnPolicy
-from training.checkpointing import read_resumable
-from training.trainer import config_section
+from training.checkpointing import check_total_steps, config_section, read_resumable, total_steps
 from utils import distributed as dist
 from utils.errors import UserError
 from utils.files import ensure_writable_dir
@@ -67,6 +66,7 @@ class Run:
     precision: object
     log_file: Path
     defer_replace: bool = False  # full_pipeline replaces both models only once both are trained
+    renewing: bool = False       # full_pipeline resumes an --overwrite: every stage without a new result trains one
     _splits: Splits | None = field(default=None, repr=False)
     _unlabeled: list[str] | None = field(default=None, repr=False)
 
@@ -173,7 +173,8 @@ def prepare_stage(run: Run, role: str) -> Stage:
         replace_stage(run, role)
     run_dir, ckpt_dir = stage_dirs(run, role)
     new_run, new_ckpt = stage_dirs(run, role, new=True)
-    if resume == "auto" and (run_dir / "final").is_dir() and not replacing(run, role):
+    if resume == "auto" and (run_dir / "final").is_dir() and not replacing(run, role) and not run.renewing:
+        check_unchanged(run, role, ckpt_dir)
         return Stage(role, run_dir, ckpt_dir, None, finished=True)
     if resume and resume != "auto":
         resume_path = Path(resume)
@@ -182,8 +183,8 @@ def prepare_stage(run: Run, role: str) -> Stage:
                             f"from {ckpt_dir} or 'auto')")
         replaces = resume_path.resolve().parent == new_ckpt.resolve()
     else:  # an unfinished --overwrite of this stage is what 'auto' continues
-        replaces = resume == "auto" and replacing(run, role) or (
-            resume is None and run.opts.overwrite and _has_results(run_dir, ckpt_dir))
+        replaces = resume == "auto" and (replacing(run, role) or run.renewing and _has_results(run_dir, ckpt_dir)) \
+            or (resume is None and run.opts.overwrite and _has_results(run_dir, ckpt_dir))
         if replaces:
             run_dir, ckpt_dir = new_run, new_ckpt
         resume_path = latest_checkpoint(ckpt_dir) if resume == "auto" else None
@@ -194,7 +195,10 @@ def prepare_stage(run: Run, role: str) -> Stage:
         raise UserError(f"{run_dir} already holds a {role} run; pass --resume_from_checkpoint auto to continue it, "
                         f"--overwrite to replace it, or another --output_dir")
     if resume_path is not None:  # a refused resume is refused now, before a teacher runs or a file is written
-        read_resumable(resume_path, role, to_dict(run.cfg), dist.world_size())
+        ckpt, _, _ = read_resumable(resume_path, role, to_dict(run.cfg), dist.world_size(),
+                                    new_ckpt if replaces else ckpt_dir)
+        if (steps := planned_steps(run, role)) is not None:
+            check_total_steps(ckpt, resume_path, steps)
     if resume_path is not None and not replaces and (run_dir / "final").is_dir():
         raise UserError(f"--resume_from_checkpoint {resume}: the {role} stage is finished ({run_dir / 'final'}); "
                         f"resuming would train and export it again: use it as it is, or pass --overwrite "
@@ -202,6 +206,24 @@ def prepare_stage(run: Run, role: str) -> Stage:
     if replaces:
         run_dir, ckpt_dir = new_run, new_ckpt
     return Stage(role, run_dir, ckpt_dir, resume_path, replaces)
+
+
+def planned_steps(run: Run, role: str) -> int | None:
+    """The optimizer steps the stage will take, when known before a teacher runs (not when pseudo-labels
+    decide the pairs, nor for the baseline, whose budget is the distilled student's)."""
+    optim = getattr(run.cfg.training, config_section(role))
+    if role == BASELINE or (role == "student" and run.cfg.distill.pseudo_labels and not optim.max_steps):
+        return None
+    pairs = len(training_pairs(run.splits.train, run.cfg.data.train_on_all_references))
+    return total_steps(optim, pairs, dist.world_size())[2]
+
+
+def check_unchanged(run: Run, role: str, ckpt_dir: Path) -> None:
+    """A finished stage is used as it is only by a run of the config it was trained with (its newest
+    checkpoint's): a changed objective or model is refused, not silently ignored."""
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None:
+        read_resumable(last, role, to_dict(run.cfg), dist.world_size(), ckpt_dir)
 
 
 def finished_stage(stage: Stage) -> Path:
@@ -363,7 +385,7 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
         prepare_stage(baseline_run(run), BASELINE)
     if not stage.finished:  # the data is read (and so checked) before a teacher is loaded
         _ = run.splits, cfg.distill.pseudo_labels and run.unlabeled
-        check_replay_fits(run)
+        check_on_policy_data(run)
     final = finished_stage(stage) if stage.finished else _distill(run, stage, objective, on_policy, teacher_path)
     if baseline:
         from baseline import train_baseline
@@ -463,15 +485,22 @@ def _objective(specs, ce_weight: float, where: str) -> Objective:
     return Objective(ce_weight, terms)
 
 
-def check_replay_fits(run: Run) -> None:
-    """A replay buffer holds at most one sample per training source (more would never fill)."""
+def check_on_policy_data(run: Run) -> None:
+    """The on-policy settings that depend on the data: a replay buffer of at most one sample per
+    training source (more would keep several samples of a source, the older ones from a student
+    epochs behind), and a validation split for the adaptive share (it moves only at validations)."""
     op = run.cfg.distill.on_policy
-    if op is None or op.replay is None:
+    if op is None:
         return
+    if op.adaptive and not run.splits.validation:
+        raise UserError("distill.on_policy.adaptive: the share rises only at validations and the validation split "
+                        "is empty; give data.validation_file or a validation share in data.split_ratios, or set "
+                        "adaptive false")
     sources = len({e.source for e in run.splits.train} | set(run.unlabeled if run.cfg.distill.pseudo_labels else []))
-    if op.replay.size > sources:
+    if op.replay is not None and op.replay.size > sources:
         raise UserError(f"distill.on_policy.replay.size {op.replay.size:,} is larger than the data ({sources:,} "
-                        f"training sources); set it to at most {sources:,}")
+                        f"training sources: it would hold stale samples of the same sources); set it to at most "
+                        f"{sources:,}")
 
 
 def build_on_policy(run: Run, objective: Objective, student, tokenizer) -> OnPolicy:
@@ -552,7 +581,7 @@ def preflight(run: Run) -> None:
     """Checks that would otherwise fail only after hours of training."""
     build_objective(run.cfg)
     on_policy_objective(run.cfg)
-    check_replay_fits(run)
+    check_on_policy_data(run)
     check_reports_free(run)
     t, s = run.cfg.teacher, run.cfg.student
     if s.init == "shrink" and t.init == "scratch" and not run.opts.teacher_path:   # the teacher is trained first
@@ -576,6 +605,9 @@ def full_pipeline(cfg: Config, opts: RunOptions = RunOptions()) -> dict:
         raise UserError("full_pipeline resumes with --resume_from_checkpoint auto (it finds each stage's checkpoint)")
     preflight(run)
     run.defer_replace = True
+    # an interrupted --overwrite (a stage's new result, or its start, beside the old): the later stages'
+    # old results came from the old models, so they are replaced too, even where nothing new was written
+    run.renewing = opts.resume == "auto" and any(replacing(run, role) for role in ("teacher", "student", BASELINE))
     if opts.teacher_path:
         teacher = Path(opts.teacher_path)
     elif not cfg.training.train_teacher:
@@ -598,13 +630,14 @@ def finished_model(run: Run, role: str) -> Path | None:
     from (a replacing stage's new one first; None while a replacing stage is unfinished)."""
     if run.opts.resume != "auto":
         return None
-    new_final = stage_dirs(run, role, new=True)[0] / "final"
-    if new_final.is_dir():
-        return new_final
-    if replacing(run, role):
-        return None
-    final = run.output_dir / role / "final"
-    return final if final.is_dir() else None
+    for new in (True, False):
+        run_dir, ckpt_dir = stage_dirs(run, role, new=new)
+        if (run_dir / "final").is_dir():
+            check_unchanged(run, role, ckpt_dir)
+            return run_dir / "final"
+        if new and (replacing(run, role) or run.renewing):
+            return None
+    return None
 
 
 MODES = {

@@ -322,3 +322,25 @@ def test_lines_logged_before_a_stage_commits_reach_the_run_log(tmp_path, prev_ru
     first_commit = log.index("student stage in")
     for line in ("data.synthetic task", "pseudo-labels: shard 1/", "pseudo-labels: training on"):
         assert -1 < log.find(line) < first_commit, line
+
+
+def test_a_resume_onto_changed_data_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """The same file path with more rows changes the run's step count: refused when the stage is prepared."""
+    from conftest import TINY_CONFIG
+    rows = lambda n: "source,target\n" + "".join(f"please say {i},say {i}\n" for i in range(n))  # noqa: E731
+    data = tmp_path / "train.csv"
+    data.write_text(rows(60))
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["data"] = {"train_file": str(data), "max_source_length": 40, "max_target_length": 40}
+    cfg["training"]["teacher"].update(max_steps=None, epochs=2, eval_every=4)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    argv = ["--mode", "train_teacher", "--config", path, "--output_dir", out]
+    assert run_in_process(argv, capsys, monkeypatch)[0] == 0
+    shutil.rmtree(out / "teacher/final")  # as if stopped before its export
+    data.write_text(rows(200))
+    before = snapshot(out)
+    code, err = run_in_process(argv + ["--resume_from_checkpoint", "auto"], capsys, monkeypatch)
+    assert not error_problems(code, err, "belongs to a run of", "resume with the same data"), err
+    assert changes(out, before, snapshot(out)) == []

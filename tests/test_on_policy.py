@@ -84,7 +84,9 @@ def jsd64(student_logits, teacher_logits, beta=0.5):
     return terms.sum(-1), terms.abs().sum()
 
 
-def test_an_on_policy_micro_batch_is_the_students_samples_scored_by_the_teacher(teacher, tmp_path, monkeypatch):
+@pytest.mark.parametrize("beta", [0.5, 0.2])  # 0.2: not symmetric, so a swapped teacher/student would show
+def test_an_on_policy_micro_batch_is_the_students_samples_scored_by_the_teacher(beta, teacher, tmp_path,
+                                                                                monkeypatch):
     """Step 1 of a run with fraction 1: the labels are exactly what the student samples for the sources
     (the same stream again gives the same ids), and the loss is sum of JSD over those tokens in float64,
     no cross-entropy; the training's own RNG stream is where it would be without the sampling."""
@@ -99,7 +101,7 @@ def test_an_on_policy_micro_batch_is_the_students_samples_scored_by_the_teacher(
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
             with torch.no_grad():
                 mask = batch["labels"] != -100
-                ref, magnitude = jsd64(student(**inputs).logits[mask], live(**inputs).logits[mask])
+                ref, magnitude = jsd64(student(**inputs).logits[mask], live(**inputs).logits[mask], beta)
             seen.append((batch, objective, float(total), float(ref.sum()), float(magnitude)))
         return total, terms
     monkeypatch.setattr(Trainer, "loss_sums", check)
@@ -119,7 +121,8 @@ def test_an_on_policy_micro_batch_is_the_students_samples_scored_by_the_teacher(
     monkeypatch.setattr(OnPolicy, "sample", sample)
     monkeypatch.setattr(OnPolicy, "batch", batch)
     out = with_teacher(teacher, tmp_path / "run")
-    assert distill(config(tmp_path, on_policy=dict(ON_POLICY, fraction=1.0)), out, "--set",
+    jsd = [{"name": "jsd", "weight": 1.0, "beta": beta}]
+    assert distill(config(tmp_path, on_policy=dict(ON_POLICY, fraction=1.0, losses=jsd)), out, "--set",
                    "student.arch.dropout=0.0") == 0
     batch, objective, total, ref, magnitude = seen[0]
     assert objective.prefix == "op_" and objective.ce_weight == 0
@@ -187,7 +190,8 @@ def test_the_adaptive_share_rises_when_validation_stops_improving():
         op.after_validation(loss)
         shares.append(round(op.share, 6))
     assert shares == [0.0, 0.0, 0.1, 0.2, 0.2, 0.25, 0.25]
-    assert not any(op.chosen(s, 0) for s in range(50)) or op.share > 0
+    fresh = on_policy(fraction=0.25, adaptive=True)
+    assert fresh.share == 0 and not any(fresh.chosen(s, m) for s in range(200) for m in range(2))
 
 
 def test_which_micro_batches_are_on_policy_follows_the_fraction_and_the_seed():
@@ -231,10 +235,11 @@ def test_kill_9_mid_run_resumes_bit_identically(teacher, tmp_path):
     metrics = killed / "student/metrics.jsonl"
     wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 16, proc)
     proc.kill()
-    proc.wait(timeout=60)
+    assert proc.wait(timeout=60) == -9 and not (killed / "student/final").exists()  # stopped mid-run
     done = subprocess.run(command + [str(killed), "--resume_from_checkpoint", "auto"], env=OFFLINE_ENV,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in (killed / "logs/run.log").read_text()
     a, b = final_weights(straight), final_weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     ckpt = load_checkpoint_file(latest_checkpoint(killed / "checkpoints/student"))
@@ -252,8 +257,7 @@ def test_two_ranks_each_sample_their_own_share(teacher, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     buffers = [r["buffer"] for r in load_checkpoint_file(latest_checkpoint(out / "checkpoints/student"))
                ["on_policy_ranks"]]
-    assert len(buffers) == 2 and all(buffers) and buffers[0] != buffers[1]
-    assert {s for s, _ in buffers[0]}.isdisjoint({s for s, _ in buffers[1]})  # each rank its share of sources
+    assert len(buffers) == 2 and all(buffers) and buffers[0] != buffers[1]  # each rank its own samples
     assert all(r["op_batches"] == 1 for r in records(out))
 
 
@@ -279,6 +283,15 @@ def test_bad_on_policy_settings_are_one_line_before_anything_is_written(setting,
     assert not out.exists()
 
 
+def test_an_adaptive_share_without_validation_data_is_refused(teacher, tmp_path, capsys, monkeypatch):
+    argv = ["--mode", "distill_student", "--config", config(tmp_path, on_policy=dict(ON_POLICY, adaptive=True)),
+            "--output_dir", tmp_path / "out", "--teacher_path", teacher / "teacher/final",
+            "--set", "data.split_ratios=[0.9, 0.0, 0.1]"]
+    code, err = run_in_process(argv, capsys, monkeypatch)
+    assert not error_problems(code, err, "the validation split is empty", "adaptive false"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_on_policy_with_a_teacher_cache_is_refused(tmp_path, capsys, monkeypatch):
     argv = ["--config", config(tmp_path, on_policy=dict(ON_POLICY)), "--output_dir", tmp_path / "out",
             "--set", "distill.teacher_cache.top_k=4"]
@@ -296,6 +309,19 @@ def test_a_resume_that_changes_on_policy_settings_is_refused_untouched(setting, 
     before = snapshot(out)
     code, err = run_in_process(["--mode", "distill_student", "--config", cfg, "--output_dir", out,
                                 "--resume_from_checkpoint", "auto", "--set", f"distill.on_policy.{setting}"],
+                               capsys, monkeypatch)
+    assert not error_problems(code, err, "a resume cannot change distill.on_policy", "--overwrite"), err
+    assert changes(out, before, snapshot(out)) == []
+
+
+def test_a_finished_stage_is_not_reused_under_another_objective(teacher, tmp_path, capsys, monkeypatch):
+    """resume auto skips a finished stage only when the config is the one it was trained with."""
+    out = with_teacher(teacher, tmp_path / "run")
+    cfg = config(tmp_path, max_steps=3)
+    assert distill(cfg, out) == 0
+    before = snapshot(out)
+    code, err = run_in_process(["--mode", "distill_student", "--config", cfg, "--output_dir", out,
+                                "--resume_from_checkpoint", "auto", "--set", "distill.on_policy.fraction=0.5"],
                                capsys, monkeypatch)
     assert not error_problems(code, err, "a resume cannot change distill.on_policy", "--overwrite"), err
     assert changes(out, before, snapshot(out)) == []

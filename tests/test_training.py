@@ -124,9 +124,11 @@ def test_random_copy_steps_train_on_copies_with_cross_entropy_then_the_pairs(tmp
         make_trainer(tmp_path, random_copy_steps=2, random_copy_length=40)
 
 
-def test_random_copy_steps_give_the_loss_parts_a_zero_gradient(tmp_path):
-    """DDP waits for a gradient of every trainable parameter: on the CE-only random-copy steps the loss's
-    own parameters (feature projections) get zeros, not None."""
+def test_loss_parts_a_step_does_not_train_are_left_alone(tmp_path):
+    """On the CE-only random-copy steps the loss's own parameters (feature projections) are not
+    trained: their gradient is None at the optimizer step, so AdamW skips them (a zero gradient would
+    still move them on momentum and weight decay). Under DDP they first get zeros: its reducer waits
+    for a gradient of every parameter."""
     trainer, _ = make_trainer(tmp_path, random_copy_steps=1, random_copy_length=4)
 
     class Parts(torch.nn.Module):
@@ -139,7 +141,11 @@ def test_random_copy_steps_give_the_loss_parts_a_zero_gradient(tmp_path):
     grads = []
     trainer.optimizer.step = lambda *a, **k: grads.append(trainer.objective.proj.weight.grad)
     trainer.train_step(trainer.window_batches(0, 0))
-    assert grads[0] is not None and not grads[0].any()
+    assert grads == [None]
+    trainer.ddp = object()  # only whether DDP wraps the model matters here
+    trainer._untouched_zeros(torch.tensor(1.0, requires_grad=True), None).backward()
+    grad = trainer.objective.proj.weight.grad
+    assert grad is not None and not grad.any()
 
 
 def test_the_teacher_runs_before_the_student_so_their_activations_do_not_stack(tmp_path):

@@ -4,6 +4,7 @@ of the final model."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,8 +58,7 @@ class CheckpointMixin:
             "total_steps": self.total_steps,
             "config": job.config,
         }
-        if job.on_policy is not None:  # each rank's replay buffer, and the adaptive share
-            payload["on_policy_ranks"] = dist.all_gather(self.batches.state_dict())
+        payload["on_policy_ranks"] = dist.all_gather(self.batches.state_dict())  # replay buffers, adaptive share
         path = job.checkpoint_dir / f"step_{s.step:08d}.pt"
         if dist.is_main():
             save_checkpoint_file(payload, path)
@@ -72,7 +72,7 @@ class CheckpointMixin:
         """Restore everything from ``path``; refuses a checkpoint of another role, model, data schedule
         or format, and any change a resume cannot apply (RESUME_MAY_CHANGE lists those it applies)."""
         role = self.job.role
-        ckpt, saved, changed = read_resumable(path, role, self.job.config, self.world)
+        ckpt, saved, changed = read_resumable(path, role, self.job.config, self.world, self.job.checkpoint_dir)
         for name, module in self.trainable_modules().items():
             try:
                 module.load_state_dict(ckpt["weights"][name])
@@ -83,9 +83,7 @@ class CheckpointMixin:
                 what = "; ".join(diffs[:4]) or one_line(e)
                 raise UserError(f"checkpoint {path} does not fit the configured {role} ({what}); resume with the "
                                 f"config it was saved with, or start a new run") from None
-        if ckpt["total_steps"] != self.total_steps:
-            raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config now "
-                            f"gives {self.total_steps}; resume with the same epochs/max_steps/batch settings")
+        check_total_steps(ckpt, path, self.total_steps)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -146,7 +144,28 @@ class CheckpointMixin:
         return final
 
 
-def read_resumable(path: Path, role: str, config: dict, world: int) -> tuple[dict, dict, list[str]]:
+def check_total_steps(ckpt: dict, path: Path, total_steps: int) -> None:
+    if ckpt["total_steps"] != total_steps:
+        raise UserError(f"checkpoint {path} belongs to a run of {ckpt['total_steps']} steps but the config and data "
+                        f"now give {total_steps}; resume with the same data and epochs/max_steps/batch settings")
+
+
+def total_steps(optim, pairs: int, world: int) -> tuple[int, int, int]:
+    """(micro-batches per epoch, optimizer steps per epoch, optimizer steps of the run) for ``pairs``
+    training pairs in global micro-batches of ``batch_size`` x ``world``."""
+    micro = math.ceil(pairs / (optim.batch_size * world))
+    windows = math.ceil(micro / optim.gradient_accumulation_steps)
+    return micro, windows, optim.max_steps or optim.epochs * windows
+
+
+def config_section(role: str) -> str:
+    """The config section holding a stage's settings: the CE-only baseline (pipeline.BASELINE) trains
+    with the student's, so its messages must name training.student.*."""
+    return "student" if role == "student_ce" else role
+
+
+def read_resumable(path: Path, role: str, config: dict, world: int, checkpoint_dir: Path,
+                   ) -> tuple[dict, dict, list[str]]:
     """The checkpoint at ``path``, its config (with this run's batch size per rank) and the changes a
     resume applies, once every check that needs no model passed: role, format, global batch, config
     and the best model's file. Run before anything is computed or written, and again on load."""
@@ -160,7 +179,7 @@ def read_resumable(path: Path, role: str, config: dict, world: int) -> tuple[dic
     except TypeError as e:
         raise UserError(f"checkpoint {path} does not match this version's format ({one_line(e, 120)}); resume "
                         f"it with the version that wrote it, or start the stage over with --overwrite") from None
-    section = "student" if role == "student_ce" else role
+    section = config_section(role)
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
     saved = _same_global_batch(saved, section, ckpt.get("world_size", 1), config, world, path)
     refused, changed = resume_changes(saved, config, section)
@@ -168,14 +187,13 @@ def read_resumable(path: Path, role: str, config: dict, world: int) -> tuple[dic
         raise UserError(f"checkpoint {path}: a resume cannot change {'; '.join(refused[:4])}; resume with the "
                         f"checkpoint's values (a resume may change training.{section}."
                         f"{{{', '.join(RESUME_MAY_CHANGE)}}}) or start the stage over with --overwrite")
-    _check_best(ckpt, path)
+    _check_best(ckpt, Path(checkpoint_dir) / "best.pt")
     return ckpt, saved, changed
 
 
-def _check_best(ckpt: dict, path: Path) -> None:
-    """The best model a resumed run will export must still be readable."""
+def _check_best(ckpt: dict, best: Path) -> None:
+    """The best model a resumed run will export (from the stage's checkpoint directory) must be readable."""
     state = ckpt["state"] if isinstance(ckpt["state"], dict) else {}
-    best = Path(path).parent / "best.pt"
     if state.get("best_step") is not None and best.exists():
         try:
             load_checkpoint_file(best)

@@ -39,10 +39,12 @@ class Batches:
     def __init__(self, collator, objective, on_policy: "OnPolicy | None" = None):
         self.collator, self.objective, self.on_policy = collator, objective, on_policy
 
-    def __call__(self, pairs, step: int, micro: int):
+    def __call__(self, pairs, step: int, micro: int, keep: bool = True):
+        """``keep`` False: a stand-in micro-batch of weight 0 (a rank's empty share under torchrun),
+        whose samples do not enter the replay buffer."""
         if self.on_policy is None or not self.on_policy.chosen(step, micro):
             return self.collator(pairs), self.objective, {}
-        return self.on_policy.batch(self.collator, pairs, step, micro)
+        return self.on_policy.batch(self.collator, pairs, step, micro, keep)
 
     def after_validation(self, loss: float) -> None:
         if self.on_policy is not None:
@@ -76,26 +78,26 @@ class OnPolicy:
 
     # ------------------------------------------------------------------ which micro-batches
     def chosen(self, step: int, micro: int) -> bool:
-        return self.share > 0 and self._uniform(step, micro, "choose") < self.share
+        return self.share > 0 and self._stream("choose", step, micro, rank=0).random() < self.share
 
-    def _uniform(self, step: int, micro: int, what: str, rank: int = 0) -> float:
-        return random.Random(f"{self.seed}/{_SALT}/{what}/{step}/{micro}/{rank}").random()
+    def _stream(self, what: str, step: int, micro: int, rank: int | None = None) -> random.Random:
+        """A random stream that is a pure function of (seed, what, step, micro-batch, rank)."""
+        return random.Random(f"{self.seed}/{_SALT}/{what}/{step}/{micro}/{dist.rank() if rank is None else rank}")
 
     # ------------------------------------------------------------------ the batch
-    def batch(self, collator, pairs, step: int, micro: int):
+    def batch(self, collator, pairs, step: int, micro: int, keep: bool = True):
         sources = [s for s, _ in pairs]
         replay = self.cfg.replay
         t0 = time.perf_counter()
         reuse = replay is not None and len(self.buffer) >= len(sources) and \
-            self._uniform(step, micro, "refresh", dist.rank()) >= replay.refresh
+            self._stream("refresh", step, micro).random() >= replay.refresh
         if reuse:
-            picks = random.Random(f"{self.seed}/{_SALT}/pick/{step}/{micro}/{dist.rank()}").sample(
-                range(len(self.buffer)), len(sources))
-            samples = [self.buffer[i] for i in picks]
+            samples = [self.buffer[i] for i in self._stream("pick", step, micro).sample(range(len(self.buffer)),
+                                                                                          len(sources))]
         else:
             with self._sampling_rng(step, micro):
                 samples = list(zip(sources, self.sample(collator, sources)))
-            if replay is not None:
+            if replay is not None and keep:
                 self.buffer = (self.buffer + samples)[-replay.size:]
         batch = collator.sampled_batch([s for s, _ in samples], [ids for _, ids in samples])
         record = {"op_batches": 1.0, "op_replayed": float(reuse), "op_gen_s": time.perf_counter() - t0}
@@ -123,7 +125,7 @@ class OnPolicy:
         restored afterwards: the training's dropout stream does not see the sampling."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(random.Random(f"{self.seed}/{_SALT}/sample/{step}/{micro}/{dist.rank()}").getrandbits(63))
+            torch.manual_seed(self._stream("sample", step, micro).getrandbits(63))
             yield
 
     # ------------------------------------------------------------------ schedule and state

@@ -35,7 +35,7 @@ from distiller_zoo import IGNORE_INDEX, Objective
 from distiller_zoo.fused import fused_logit_objective
 from distiller_zoo.heads import decoder_states, lm_head
 from distiller_zoo.teacher import teacher_source
-from training.checkpointing import CheckpointMixin, TrainState
+from training.checkpointing import CheckpointMixin, TrainState, config_section, total_steps
 from training.on_policy import MICRO_COUNTS, Batches, OnPolicy
 from training.validation import ValidationMixin
 from utils import distributed as dist
@@ -81,12 +81,6 @@ class TrainJob:
         return config_section(self.role)
 
 
-def config_section(role: str) -> str:
-    """The config section holding a stage's settings: the CE-only baseline (pipeline.BASELINE) trains
-    with the student's, so its messages must name training.student.*."""
-    return "student" if role == "student_ce" else role
-
-
 class Trainer(ValidationMixin, CheckpointMixin):
     def __init__(self, job: TrainJob, model, tokenizer):
         self.job, self.model, self.tokenizer = job, model.to(job.device), tokenizer
@@ -98,9 +92,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
         o = job.optim
         self.world = dist.world_size()
         self.global_batch = o.batch_size * self.world  # pairs per micro-step, over all ranks
-        self.micro_batches = math.ceil(len(job.train_pairs) / self.global_batch)
-        self.windows_per_epoch = math.ceil(self.micro_batches / o.gradient_accumulation_steps)
-        self.total_steps = o.max_steps or o.epochs * self.windows_per_epoch
+        self.micro_batches, self.windows_per_epoch, self.total_steps = total_steps(o, len(job.train_pairs), self.world)
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o.learning_rate, betas=tuple(o.adam_betas))
         self.scheduler = get_scheduler(o.scheduler, self.optimizer, num_warmup_steps=int(o.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
@@ -250,7 +242,8 @@ class Trainer(ValidationMixin, CheckpointMixin):
         weights = [1.0 if pairs else 0.0 for pairs in window]
         copying = self.state.step < job.optim.random_copy_steps
         micro = [(self._random_copies(i, len(pairs) or 1), None, {}) if copying else
-                 self.batches(pairs or job.train_pairs[:1], self.state.step, i) for i, pairs in enumerate(window)]
+                 self.batches(pairs or job.train_pairs[:1], self.state.step, i, keep=bool(pairs))
+                 for i, pairs in enumerate(window)]
         batches = [self._to_device(batch) for batch, _, _ in micro]
         n_tokens = int(dist.sum_all([sum(w * int((b["labels"] != IGNORE_INDEX).sum())
                                          for w, b in zip(weights, batches))])[0])
@@ -270,6 +263,9 @@ class Trainer(ValidationMixin, CheckpointMixin):
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + w * float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + w * float(total.detach())
+        if self.objective is not None and all(objective is not self.objective for _, objective, _ in micro):
+            for p in self.objective.parameters():  # untrained this step (see _untouched_zeros): AdamW skips
+                p.grad = None                       # them, rather than moving them on momentum and decay
         sums = dict(zip(sums, dist.sum_all(list(sums.values()))))  # every rank logs the global numbers
         loss = sums["loss"] / n_tokens
         self._check_finite(loss)
@@ -357,7 +353,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
     def _untouched_zeros(self, total, objective):
         """DDP waits for a gradient of every trainable parameter: the main objective's own (feature
         projections) get zeros on micro-batches another objective (or CE alone) trains."""
-        if objective is self.objective or self.objective is None:
+        if objective is self.objective or self.objective is None or self.ddp is None:
             return total
         return total + sum(0.0 * p.sum() for p in self.objective.parameters() if p.requires_grad)
 
