@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     launched, rank = world > 1, _env_int("RANK", 0)  # under torchrun every rank prints its error, marked when not 0
     mark = f"[rank {rank}] " if launched and 0 < rank < world else ""
     try:
-        if "WORLD_SIZE" in os.environ:  # a launcher's variables: checked before anything is read or written
+        if {"WORLD_SIZE", "RANK", "LOCAL_RANK"} & set(os.environ):  # a launcher's: checked before anything runs
             from utils.distributed import launch_env
             launch_env()
         return run(argv)

@@ -36,8 +36,8 @@ from utils.errors import UserError, one_line
 IGNORE_INDEX = -100
 
 
-class LossConfigError(ValueError):
-    """A loss name or option in the config is wrong."""
+class LossConfigError(ValueError, UserError):
+    """A loss name or option in the config is wrong, or a loss's code failed (a one-line user error)."""
 
 
 class LossOutputError(LossConfigError, UserError):
@@ -99,10 +99,12 @@ class LogitLoss(DistillationLoss):
     def checked_divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         """``divergence`` with its shape checked: every caller goes through here, so a user's loss
         that returns a scalar or ``[N, V]`` is refused instead of silently reduced by ``.sum()``."""
-        out = self.divergence(log_q, log_p)
-        if not isinstance(out, torch.Tensor) or out.shape != log_q.shape[:1]:
-            got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else _shape(out.shape)
-            raise LossOutputError(f"loss {loss_path(self)!r}: divergence must return one value per row, shape "
+        out = user_call(f"loss {loss_path(self)!r}: divergence", self.divergence, log_q, log_p,
+                        refusals=(RuntimeError,))  # torch's own (out of memory) pass through
+        if not isinstance(out, torch.Tensor) or out.shape != log_q.shape[:1] or not out.is_floating_point():
+            got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else \
+                f"{_shape(out.shape)} of {str(out.dtype).replace('torch.', '')}"
+            raise LossOutputError(f"loss {loss_path(self)!r}: divergence must return one real value per row, shape "
                                   f"{_shape(log_q.shape[:1])} for {_shape(log_q.shape)} inputs; got {got}")
         return out
 
@@ -164,12 +166,12 @@ def user_call(what: str, fn, *args, refusals: tuple = (ValueError, TypeError), *
     silently. ``refusals`` (the documented ways to refuse options) and Ctrl-C pass through."""
     try:
         return fn(*args, **kwargs)
-    except LossConfigError:
+    except (LossConfigError, KeyboardInterrupt):
         raise
     except SystemExit as e:
         code = "" if e.code is None else repr(e.code)
         raise LossConfigError(f"{what} called sys.exit({code}); a loss must not exit the program") from None
-    except Exception as e:  # noqa: BLE001 - whatever a user's code raises is reported in one line
+    except BaseException as e:  # noqa: BLE001 - whatever a user's code raises (GeneratorExit too) is one line
         if isinstance(e, refusals):
             raise
         raise LossConfigError(f"{what} raised {type(e).__name__}: {one_line(e, 120)}") from None

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller_zoo.base import IGNORE_INDEX, DistillationLoss, LogitLoss, loss_path, probe, upcast, user_call
+from distiller_zoo.base import (IGNORE_INDEX, DistillationLoss, LogitLoss, LossOutputError, loss_path, probe,
+                                upcast, user_call)
 from distiller_zoo.fused import fused_logit_objective
 
 
@@ -90,7 +91,8 @@ class Objective(nn.Module):
                 if teacher.outputs is None:
                     raise ValueError(f"{name} needs the teacher's hidden states or attentions, which this "
                                      f"teacher source does not provide")
-                terms[key] = loss(student_out, teacher.outputs, labels, attention_mask)
+                terms[key] = _scalar(name, user_call(f"loss {name!r}", loss, student_out, teacher.outputs, labels,
+                                                     attention_mask, refusals=(RuntimeError,)))
                 total = total + w * terms[key]
         if teacher is not None and teacher.aligned is not None:   # logged per token: the aligned fraction
             terms["aligned_fraction"] = torch.tensor(float(teacher.aligned), device=total.device)
@@ -106,3 +108,11 @@ class Objective(nn.Module):
             terms[key] = loss(student_out, teacher_out, labels, attention_mask)
             total = total + w * terms[key]
         return total, terms
+
+
+def _scalar(name: str, value):
+    """A feature or attention loss returns one real number (a sum over its positions)."""
+    if not isinstance(value, torch.Tensor) or value.dim() != 0 or not value.is_floating_point():
+        got = type(value).__name__ if not isinstance(value, torch.Tensor) else f"shape {list(value.shape)}, {value.dtype}"
+        raise LossOutputError(f"loss {name!r}: forward must return one real number (a 0-dim float tensor); got {got}")
+    return value

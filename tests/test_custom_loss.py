@@ -66,7 +66,7 @@ BAD = {
     "plain_mod:NotALoss": "NotALoss must be a class subclassing distiller_zoo.DistillationLoss",
     "plain_mod:helper": "helper must be a class subclassing distiller_zoo.DistillationLoss",
     "plain_mod:Abstract": "Abstract does not implement divergence",
-    "plain_mod:Scalar": "divergence must return one value per row, shape [3] for [3, 5] inputs; got []",
+    "plain_mod:Scalar": "divergence must return one real value per row, shape [3] for [3, 5] inputs; got []",
     "exiting_mod:Loss": "importing exiting_mod called sys.exit(0)",
     "nonsense": "unknown loss 'nonsense'",
 }

@@ -44,12 +44,15 @@ AT_IMPORT = {
 
 # divergence body -> the "got ..." of the shape error (inputs are [3, 5])
 WRONG = {
-    "return (log_p.exp() * (log_p - log_q)).sum()": "got []",
-    "return log_p.exp() * (log_p - log_q)": "got [3, 5]",
-    "return (log_p - log_q).sum(-1, keepdim=True)": "got [3, 1]",
-    "return torch.cat([(log_p - log_q).sum(-1), torch.zeros(1)])": "got [4]",
+    "return (log_p.exp() * (log_p - log_q)).sum()": "got [] of float32",
+    "return log_p.exp() * (log_p - log_q)": "got [3, 5] of float32",
+    "return (log_p - log_q).sum(-1, keepdim=True)": "got [3, 1] of float32",
+    "return torch.cat([(log_p - log_q).sum(-1), torch.zeros(1)])": "got [4] of float32",
     "return 1.5": "got a float",
     "return [0.0] * len(log_q)": "got a list",
+    "return (log_p > log_q).any(-1)": "got [3] of bool",                            # trained at 0, silently
+    "return (log_p - log_q).sum(-1).long()": "got [3] of int64",
+    "return torch.complex((log_p - log_q).sum(-1), (log_p - log_q).sum(-1))": "got [3] of complex64",
 }
 
 
@@ -93,8 +96,8 @@ def test_a_divergence_of_the_wrong_shape_is_refused_when_built(module, body):
     name = module(wrong_loss(body))
     with pytest.raises(LossOutputError) as e:
         build_loss(f"{name}:L")
-    assert str(e.value) == (f"loss '{name}:L': divergence must return one value per row, shape [3] for [3, 5] "
-                            f"inputs; {WRONG[body]}")
+    assert str(e.value) == (f"loss '{name}:L': divergence must return one real value per row, shape [3] for "
+                            f"[3, 5] inputs; {WRONG[body]}")
 
 
 def test_a_non_finite_divergence_is_refused_when_built(module):
@@ -157,3 +160,44 @@ def test_through_main_exit_2_one_line_and_nothing_written(module, tmp_path, text
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: distill.losses[0]: loss '{name}:L': ")
     assert ("sys.exit(0)" if "exit" in text else "got []") in err[0]
     assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == before
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory):
+    from conftest import TINY_CONFIG
+    tmp = tmp_path_factory.mktemp("uc_teacher")
+    (tmp / "config.json").write_text(__import__("json").dumps(TINY_CONFIG))
+    assert main(["--mode", "train_teacher", "--config", str(tmp / "config.json"), "--output_dir", str(tmp / "run")]) == 0
+    return tmp / "run/teacher/final"
+
+
+LATER = {  # user code that passes the probe and fails in training (the probe's input has 3 rows)
+    "exit": (LOSS.format(body="    def divergence(self, log_q, log_p):\n        if len(log_q) > 3:\n"
+                              "            raise SystemExit(0)\n        return (log_p.exp() * (log_p - log_q)).sum(-1)\n"),
+             "divergence called sys.exit(0)"),
+    "generator_exit": (LOSS.format(body="    def divergence(self, log_q, log_p):\n        if len(log_q) > 3:\n"
+                                        "            raise GeneratorExit\n"
+                                        "        return (log_p.exp() * (log_p - log_q)).sum(-1)\n"),
+                       "divergence raised GeneratorExit"),
+    "forward_shape": ("import torch\nfrom distiller_zoo import DistillationLoss\nclass L(DistillationLoss):\n"
+                      "    requires = frozenset({'hidden'})\n"
+                      "    def forward(self, s, t, labels, mask=None):\n        return torch.zeros(labels.shape)\n",
+                      "forward must return one real number"),
+    "forward_error": ("from distiller_zoo import DistillationLoss\nclass L(DistillationLoss):\n"
+                      "    requires = frozenset({'hidden'})\n"
+                      "    def forward(self, s, t, labels, mask=None):\n        return s.logits.sum()\n",
+                      "raised AttributeError"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LATER))
+def test_user_code_failing_in_training_is_one_line_not_a_silent_exit(kind, module, tmp_path, tiny_config_dict,
+                                                                    write_config, trained_teacher, capsys):
+    text, message = LATER[kind]
+    name = module(text)
+    tiny_config_dict["distill"]["losses"] = [{"name": f"{name}:L", "weight": 0.5}]
+    code = main(["--mode", "distill_student", "--config", str(write_config(tiny_config_dict)), "--output_dir",
+                 str(tmp_path / "out"), "--teacher_path", str(trained_teacher)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "out/student/final").exists()

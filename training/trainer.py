@@ -21,7 +21,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,7 +256,7 @@ class Trainer(ValidationMixin, CheckpointMixin):
             # Gradients are all-reduced once per window: not on the accumulating micro-steps.
             sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else nullcontext()
             with sync:
-                with job.precision.autocast():
+                with job.precision.autocast(), _no_exit(job.role, self.state.step + 1):
                     total, terms = self.loss_sums(batch, objective=objective)
                 # Divide once by the window's token count: the gradient equals that of one big batch.
                 self.scaler.scale(total * (w * scale)).backward()
@@ -377,6 +377,17 @@ class Trainer(ValidationMixin, CheckpointMixin):
         return periodic or self.state.step == self.total_steps
 
 # ---------------------------------------------------------------------- helpers
+@contextmanager
+def _no_exit(role: str, step: int):
+    """A loss's code (maybe a user's) that calls sys.exit mid-training must not end the run looking
+    like a success (exit 0, no model): it is this run's error."""
+    try:
+        yield
+    except SystemExit as e:
+        raise UserError(f"{role} step {step}: a loss called sys.exit({'' if e.code is None else repr(e.code)}) "
+                        f"during training; a loss must not exit the program (fix the loss module)") from None
+
+
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the records up to ``last_step`` (a resumed run logs the later steps again)."""
     if path.is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -42,12 +43,14 @@ def launch_env() -> LaunchEnv | None:
     """The launcher's variables, checked (a one-line UserError names a bad one); None for one process."""
     world = _env_int("WORLD_SIZE", "1", 1, None, "the number of processes")
     if world == 1:
+        for var in ("RANK", "LOCAL_RANK"):  # a rank other than 0 of one process: a launcher set up wrongly
+            _env_int(var, "0", 0, 0, f"one process (WORLD_SIZE {os.environ.get('WORLD_SIZE', 'unset')}) is rank 0")
         return None
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(var, "").strip():
             raise UserError(f"WORLD_SIZE is set but {var} is not; {LAUNCH}")
     return LaunchEnv(world, _env_int("RANK", None, 0, world - 1, f"0 <= RANK < WORLD_SIZE={world}"),
-                     _env_int("LOCAL_RANK", "0", 0, None, "this process's index on its node"),
+                     _env_int("LOCAL_RANK", "0", 0, world - 1, "this process's index on its node"),
                      os.environ["MASTER_ADDR"].strip(), _env_int("MASTER_PORT", None, 1, 65535, "a TCP port"))
 
 
@@ -108,7 +111,9 @@ def rendezvous(env: LaunchEnv, timeout: float) -> dist.Store:
     60-minute hang). Rank 0 serves the store, unless torchrun's agent already does."""
     deadline = time.monotonic() + timeout
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = _serve(env) if env.rank == 0 and not agent else _connect(env, deadline, timeout)
+    _check_address(env, serving=env.rank == 0 and not agent)
+    store = _bounded(lambda: _serve(env) if env.rank == 0 and not agent else _connect(env, deadline, timeout),
+                     env, timeout)
     store.set(f"{ARRIVED}/{env.rank}", "1")
     keys = [f"{ARRIVED}/{r}" for r in range(env.world_size)]
     missing = lambda: [r for r, k in enumerate(keys) if not _check(store, env, [k])]
@@ -119,6 +124,45 @@ def rendezvous(env: LaunchEnv, timeout: float) -> dist.Store:
                         f"MASTER_PORT: {LAUNCH}")
     store.set_timeout(TIMEOUT)  # from here on the process group's collectives set the pace
     return store
+
+
+def _check_address(env: LaunchEnv, serving: bool) -> None:
+    """MASTER_ADDR must resolve, and be this machine's when this rank serves the rendezvous (else the
+    store's own connection to itself hangs on an unreachable address)."""
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(env.addr, env.port, type=socket.SOCK_STREAM)[0]
+    except OSError as e:
+        raise UserError(f"MASTER_ADDR={env.addr} does not resolve ({e.strerror or e}); give rank 0's host name or "
+                        f"address, or {LAUNCH}") from None
+    if serving:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((sockaddr[0], 0))
+            except OSError:
+                raise UserError(f"MASTER_ADDR={env.addr} is not an address of this machine, but RANK 0 serves the "
+                                f"rendezvous there; start rank 0 on that host, or {LAUNCH}") from None
+
+
+def _bounded(make, env: LaunchEnv, timeout: float):
+    """``make()`` (opening or joining the store), given up after the rendezvous timeout: a peer that
+    accepts the connection but never answers would otherwise hold the store's handshake for good."""
+    result: list = []
+
+    def run():
+        try:
+            result.append(("ok", make()))
+        except BaseException as e:  # handed to the caller's thread
+            result.append(("error", e))
+    worker = threading.Thread(target=run, daemon=True)  # left behind if it hangs: the process exits anyway
+    worker.start()
+    worker.join(timeout + 5.0)
+    if not result:
+        raise UserError(f"the rendezvous at {env.addr}:{env.port} did not answer within {timeout:g} s "
+                        f"(training.rendezvous_timeout): is another program listening on MASTER_PORT? {LAUNCH}")
+    kind, value = result[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def _serve(env: LaunchEnv) -> dist.Store:
