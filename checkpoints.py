@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import asdict
 import warnings
 import zlib
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from settings import Config
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.logs import log
@@ -128,9 +130,23 @@ def resume_changes(saved: dict, current: dict, role: str) -> tuple[list[str], li
         if role == "student":
             out["distill"] = cfg.get("distill", {})
         return out
-    diffs = config_differences(shaping(saved), shaping(current))
+    diffs = config_differences(shaping(with_defaults(saved)), shaping(current))
     allowed = tuple(f"training.{role}.{k}:" for k in RESUME_MAY_CHANGE)
     return [d for d in diffs if not d.startswith(allowed)], [d for d in diffs if d.startswith(allowed)]
+
+
+def with_defaults(saved: dict) -> dict:
+    """A config saved by an earlier version, with the keys added since at their defaults (a key that
+    did not exist then cannot have been set otherwise)."""
+    def fill(have: dict, defaults: dict) -> dict:
+        out = dict(have)
+        for key, value in defaults.items():
+            if key not in out:
+                out[key] = value
+            elif isinstance(out[key], dict) and isinstance(value, dict):
+                out[key] = fill(out[key], value)
+        return out
+    return fill(saved, asdict(Config()))
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

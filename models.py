@@ -55,7 +55,7 @@ def load_local(loader, path, what: str, **kwargs):
     from safetensors import SafetensorError
     try:
         return loader(str(path), **kwargs)
-    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: truncated or corrupt weights
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as e:  # damaged or foreign files
         raise UserError(load_failure(what, path, e)) from None
 
 

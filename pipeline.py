@@ -17,6 +17,7 @@ would replace one trains into ``<role>.new`` beside it (``teacher.new/``,
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 
 from settings import Config, save_config, to_dict
-from settings.paths import check_path_kinds
+from settings.loading import resolved_dict
+from settings.paths import PATHS, check_path_kinds
 from settings.schema import check_positions as check_lengths
 from data_loader import Seq2SeqCollator, Splits, load_splits, training_pairs, unlabeled_sources
 from distiller_zoo import LossConfigError, Objective, build_loss
@@ -33,12 +35,12 @@ from models import (attention_kwargs, build_model, is_causal_lm, load_saved, loa
                     scratch_config, shrink_model, shrunk_config)
 from generation import sampling_config
 from pseudo_labels import pseudo_label_pairs
-from checkpoints import latest_checkpoint
+from checkpoints import config_differences, latest_checkpoint
 from training import Trainer, TrainJob
 from training.on_policy import OnPolicy
 from training.checkpointing import check_total_steps, config_section, read_resumable, total_steps
 from utils import distributed as dist
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 from utils.files import ensure_writable_dir
 from utils.logs import attach_log_file, log, setup_logging
 from utils.runtime import resolve_device, resolve_precision, set_seed
@@ -117,9 +119,12 @@ def start(cfg: Config, opts: RunOptions) -> Run:
 def check_layout(out: Path, ckpt: Path, logs: Path) -> None:
     """What a run writes under its directories must not exist as the other kind (a file where a
     stage keeps its directory, a directory where a report goes)."""
-    roles = [r + suffix for r in ("teacher", "student", BASELINE) for suffix in ("", NEW)]
-    dirs = [out / r for r in roles] + [ckpt / r for r in roles] + [out / "teacher_cache", out / "pseudo_labels"]
-    files = [logs / "run.log", out / "config.resolved.json"] + [out / name for name in REPORTS]
+    roles = [r + suffix for r in ("teacher", "student", BASELINE) for suffix in ("", NEW, ".old")]
+    dirs = [out / r for r in roles] + [ckpt / r for r in roles] + [out / "teacher_cache", out / "pseudo_labels",
+                                                                  out / "plots"]
+    files = [logs / "run.log", out / "config.resolved.json"] + [out / name for name in REPORTS] + \
+        [out / r / name for r in roles for name in ("metrics.jsonl", "training_summary.json")] + \
+        list(out.glob("predictions_*.jsonl")) + list((out / "plots").glob("*.png"))
     for path in dirs:
         if path.is_file():
             raise UserError(f"{path} is a file where the run keeps a directory; move it away or choose another "
@@ -178,7 +183,7 @@ def prepare_stage(run: Run, role: str) -> Stage:
         return Stage(role, run_dir, ckpt_dir, None, finished=True)
     if resume and resume != "auto":
         resume_path = Path(resume)
-        if resume_path.is_dir() or not resume_path.exists():
+        if not resume_path.is_file():  # missing, a directory, a pipe: check_path_kinds named the kinds
             raise UserError(f"--resume_from_checkpoint {resume}: no such checkpoint file (use a step_*.pt file "
                             f"from {ckpt_dir} or 'auto')")
         replaces = resume_path.resolve().parent == new_ckpt.resolve()
@@ -192,8 +197,9 @@ def prepare_stage(run: Run, role: str) -> Stage:
         raise UserError(f"--resume_from_checkpoint auto: every checkpoint in {ckpt_dir} is truncated or corrupt; "
                         f"pass an older one explicitly, or --overwrite to start this stage over")
     if resume_path is None and not run.opts.overwrite and _has_results(run_dir, ckpt_dir):
-        raise UserError(f"{run_dir} already holds a {role} run; pass --resume_from_checkpoint auto to continue it, "
-                        f"--overwrite to replace it, or another --output_dir")
+        where = (run_dir, "--output_dir") if (run_dir / "final").exists() else (ckpt_dir, "--checkpoint_dir")
+        raise UserError(f"{where[0]} already holds a {role} run; pass --resume_from_checkpoint auto to continue it, "
+                        f"--overwrite to replace it, or another {where[1]}")
     if resume_path is not None:  # a refused resume is refused now, before a teacher runs or a file is written
         ckpt, _, _ = read_resumable(resume_path, role, to_dict(run.cfg), dist.world_size(),
                                     new_ckpt if replaces else ckpt_dir)
@@ -525,7 +531,16 @@ def resolve_model(run: Run, role: str, source: Path | str | None = None, attenti
         source = run.output_dir / role / "final"
     if source is not None and source != PRETRAINED:
         log.info("%s: %s", role, source)
-        model, tok = load_saved(source, f"--{role}_path", attentions, causal_ok=role == "teacher")
+        given = str(source) == str({"teacher": run.opts.teacher_path, "student": run.opts.student_path}.get(role))
+        try:
+            model, tok = load_saved(source, f"--{role}_path" if given else f"the {role}", attentions,
+                                    causal_ok=role == "teacher")
+        except UserError:
+            if given or Path(source).resolve().parent.parent != run.output_dir.resolve():
+                raise
+            raise UserError(f"the {role} this run exported ({source}) does not load: its files are damaged or "
+                            f"missing; delete that directory and rerun with --resume_from_checkpoint auto (the stage "
+                            f"exports it again from its last checkpoint)") from None
         return model, tok, Path(source)
     mcfg = getattr(run.cfg, role, None)  # the baseline student exists only as trained by this run
     if mcfg is None or mcfg.init != "pretrained":
@@ -539,6 +554,9 @@ def benchmark(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = No
     """Score and time the available models; writes the three report files into output_dir."""
     from benchmark import BenchModel, run_benchmark
     from benchmark.core import benchmark_examples
+    if run is None and opts.resume:
+        raise UserError("--mode benchmark has nothing to resume (it keeps no checkpoints); drop "
+                        "--resume_from_checkpoint, and pass --overwrite to replace earlier reports")
     run = run or start(cfg, opts)
     check_reports_free(run)
     if sources is None:  # benchmark mode: exactly the models given on the command line, when any is
@@ -600,14 +618,16 @@ def full_pipeline(cfg: Config, opts: RunOptions = RunOptions()) -> dict:
 
     With --resume_from_checkpoint auto, a stage whose final model already exists is skipped. With
     --overwrite, the new teacher and student replace the earlier ones once both are trained."""
-    run = start(cfg, opts)
     if opts.resume not in (None, "auto"):
         raise UserError("full_pipeline resumes with --resume_from_checkpoint auto (it finds each stage's checkpoint)")
-    preflight(run)
-    run.defer_replace = True
+    run = start(cfg, opts)
     # an interrupted --overwrite (a stage's new result, or its start, beside the old): the later stages'
     # old results came from the old models, so they are replaced too, even where nothing new was written
     run.renewing = opts.resume == "auto" and any(replacing(run, role) for role in ("teacher", "student", BASELINE))
+    if opts.resume == "auto" and not run.renewing and all((run.output_dir / name).is_file() for name in REPORTS):
+        return finished_run(run)
+    preflight(run)
+    run.defer_replace = True
     if opts.teacher_path:
         teacher = Path(opts.teacher_path)
     elif not cfg.training.train_teacher:
@@ -623,6 +643,25 @@ def full_pipeline(cfg: Config, opts: RunOptions = RunOptions()) -> dict:
         if (stage_dirs(run, role, new=True)[0] / "final").is_dir():
             models[role] = replace_stage(run, role)
     return benchmark(cfg, opts, run, models)
+
+
+def finished_run(run: Run) -> dict:
+    """A pipeline whose benchmark reports exist (written last) is finished: resuming it changes nothing,
+    when it ran under this config."""
+    out = run.output_dir
+    try:
+        saved = json.loads((out / "config.resolved.json").read_text(encoding="utf-8"))
+        results = json.loads((out / "benchmark_results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{out}: the finished run's config.resolved.json or benchmark_results.json is unreadable "
+                        f"({one_line(e, 80)}); redo the benchmark with --mode benchmark --overwrite") from None
+    ignored = {key.split("[")[0] for key in PATHS} | {"training.rendezvous_timeout", "training.num_threads"}
+    diffs = [d for d in config_differences(saved, resolved_dict(run.cfg)) if d.split(":")[0] not in ignored]
+    if diffs:
+        raise UserError(f"{out} holds a finished run of another config ({'; '.join(diffs[:3])}); use the config it "
+                        f"ran with, or --overwrite to run it again")
+    log.info("the run in %s is finished (benchmark reports in place); nothing to resume", out)
+    return results
 
 
 def finished_model(run: Run, role: str) -> Path | None:

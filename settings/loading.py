@@ -23,13 +23,15 @@ from settings.schema import DEMO_CONFIG, Config, LossSpec
 from utils.errors import one_line, UserError
 from utils.files import atomic_write_text
 
-def read_config_file(path: str | Path) -> dict:
-    """Read a JSON or YAML file into a dict, with one-line errors."""
+def read_config_file(path: str | Path, flag: str = "--config") -> dict:
+    """Read a JSON or YAML file into a dict, with one-line errors naming ``flag`` (what gave the path)."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a directory, not a config file; give --config a .json or .yaml file")
+        raise UserError(f"{path} is a directory, not a config file; give {flag} a .json or .yaml file")
+    if not path.exists():
+        raise UserError(f"config file not found: {path} (check the path given to {flag})")
     if not path.is_file():
-        raise UserError(f"config file not found: {path} (check the path given to --config)")
+        raise UserError(f"{path} is not a regular file (a device or a pipe); give {flag} a .json or .yaml file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -275,7 +277,7 @@ def load_config(path: str | Path | None, overrides: list[Override] = (),
     raw = read_config_file(path)
     layers = [(str(path), raw)]  # (source, what it set), to blame the right one in an error
     for name, file in (sections or {}).items():
-        part = read_config_file(file)
+        part = read_config_file(file, f"--{name}_config")
         part = part[name] if set(part) == {name} else part
         raw = merge(raw, {name: part})
         layers.append((str(file), {name: part}))
@@ -344,9 +346,14 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """The resolved config as JSON; a pretrained model's scratch ``arch`` block, which does not apply, is left out."""
+    """The resolved config as JSON (:func:`resolved_dict`)."""
+    atomic_write_text(Path(path), json.dumps(resolved_dict(cfg), indent=2) + "\n")
+
+
+def resolved_dict(cfg: Config) -> dict:
+    """The config as saved with a run; a pretrained model's scratch ``arch`` block, which does not apply, is left out."""
     resolved = to_dict(cfg)
     for role in ("teacher", "student"):
         if resolved[role]["init"] == "pretrained":
             del resolved[role]["arch"]
-    atomic_write_text(Path(path), json.dumps(resolved, indent=2) + "\n")
+    return resolved

@@ -103,6 +103,9 @@ def _template_fields(template: str, names: tuple[str, ...]) -> tuple[set[str], s
             return set(), f"{shown} {'reads an attribute or index' if attr else 'is not one of them'}"
         if conv or spec:
             return set(), f"{shown} has a {'conversion' if conv else 'format spec'}"
+    fields = re.findall(r"\{[^{}]*\}", re.sub(r"\{\{|\}\}", "", template))
+    if odd := [f for f in fields if f[1:-1] not in names]:  # what parse reports alike: "{source:}", "{source!}"
+        return set(), f"{odd[0]} has a format spec or conversion"
     return {f for f, _, _ in parsed}, None
 
 
@@ -145,6 +148,9 @@ class ModelConfig:
         if self.init == "pretrained" and not self.name_or_path:
             raise ValueError("name_or_path: init 'pretrained' needs name_or_path (a hub id or a local directory), "
                              "or set init: scratch")
+        if self.init == "pretrained" and self.tokenizer.train:
+            raise ValueError("tokenizer.train: a pretrained model reads the tokenizer it was trained with (its "
+                             "embeddings are indexed by it); set tokenizer.train to null, or init: scratch")
         if self.narrow is not None and self.init != "shrink":
             raise ValueError(f"narrow: narrows a student shrunk from its teacher (init shrink), not init "
                              f"{self.init!r}; set init: shrink or give the width in arch")

@@ -44,13 +44,17 @@ def check_path_kinds(cfg, flags: dict[str, tuple[str, str | None]] | None = None
     given = config_paths(cfg) + [(flag, kind, value) for flag, (kind, value) in (flags or {}).items() if value]
     for key, kind, value in given:
         path = Path(value).expanduser()
+        if path.is_symlink() and not path.exists():
+            raise UserError(f"{key} {value} is a broken symbolic link; point it at an existing path or remove it")
         if kind in ("dir", "model dir", "hub or dir") and path.is_file():
             raise UserError(f"{key} {value} is a file; {_WANT[kind]}")
         if kind == "file" and path.is_dir():
             raise UserError(f"{key} {value} is a directory; {_WANT[kind]}")
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise UserError(f"{key} {value} is not a regular file or directory (a device or a pipe); {_WANT[kind]}")
 
 
 _WANT = {"dir": "give a directory (it is created when missing)",
          "model dir": "give the saved model's directory (…/final, with config.json)",
          "hub or dir": "give a hub model id or a saved model's directory",
-         "file": "give the file itself"}
+         "file": "give the file itself", "any": "give a tokenizer file or directory"}

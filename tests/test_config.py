@@ -104,11 +104,12 @@ def test_set_override_errors_name_the_flag(tiny_config_dict, write_config):
 
 def test_section_files_override_the_main_config(tiny_config_dict, write_config, tmp_path):
     student = tmp_path / "student.yaml"
-    student.write_text("student:\n  init: pretrained\n  name_or_path: t5-small\n")
+    student.write_text("student:\n  init: pretrained\n  name_or_path: t5-small\n  tokenizer: {train: null}\n")
     cfg = load_config(write_config(tiny_config_dict), sections={"student": student})
     assert cfg.student.init == "pretrained" and cfg.student.name_or_path == "t5-small"
     bare = tmp_path / "teacher.json"
-    bare.write_text('{"init": "pretrained", "name_or_path": "t5-base", "arch": {"d_modle": 3}}')
+    bare.write_text('{"init": "pretrained", "name_or_path": "t5-base", "tokenizer": {"train": null}, '
+                    '"arch": {"d_modle": 3}}')
     with pytest.raises(UserError, match=r"teacher.json: teacher\.arch\.d_modle: unknown key"):
         load_config(write_config(tiny_config_dict), sections={"teacher": bare})
 

@@ -62,7 +62,7 @@ BAD = [  # (variables changed from GOOD, the text the error must contain)
     ({"RANK": "-1"}, "RANK=-1 must be in [0, 1]"),
     ({"RANK": None}, "WORLD_SIZE is set but RANK is not"),
     ({"LOCAL_RANK": "x"}, "LOCAL_RANK='x' is not an integer"),
-    ({"LOCAL_RANK": "-1"}, "LOCAL_RANK=-1 must be >= 0"),
+    ({"LOCAL_RANK": "-1"}, "LOCAL_RANK=-1 must be in [0, 1]"),
     ({"MASTER_PORT": "http"}, "MASTER_PORT='http' is not an integer"),
     ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 must be in [1, 65535]"),
     ({"MASTER_PORT": None}, "WORLD_SIZE is set but MASTER_PORT is not"),
@@ -100,7 +100,12 @@ def test_good_variables_are_parsed(monkeypatch):
         monkeypatch.setenv(var, value)
     assert dist.launch_env() == dist.LaunchEnv(2, 1, 1, "127.0.0.1", 29511)
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1: one process, no group
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     assert dist.launch_env() is None and not dist.launched()
+    monkeypatch.setenv("RANK", "1")  # a rank other than 0 of one process: a launcher set up wrongly
+    with pytest.raises(UserError, match=r"^RANK=1 must be in \[0, 0\] \(one process"):
+        dist.launch_env()
 
 
 def test_a_rank_zero_alone_names_the_missing_rank_after_the_rendezvous_timeout(tmp_path):

@@ -74,7 +74,7 @@ def checkpoint_with_a_flipped_bit(ctx):
     return resume(ctx, run, str(run / STUDENT_CKPT))
 
 
-@case("holds the best model", "delete it")
+@case("the best model so far", "delete it")
 def damaged_best_model(ctx):
     run = unfinished_copy(ctx)
     best = run / "checkpoints/student/best.pt"
@@ -169,7 +169,9 @@ def _wrong_kind(ctx, key: str, kind: str) -> list:
     if key == "benchmark.models[].path":
         cfg["benchmark"]["models"] = [{"name": "other", "path": str(wrong)}]
     elif key.endswith("name_or_path"):
-        argv += ["--set", f"{key.split('.')[0]}.init=pretrained", "--set", f"{key}=./{wrong.name}"]
+        role = key.split(".")[0]
+        argv += ["--set", f"{role}.init=pretrained", "--set", f"{role}.tokenizer.train=null", "--set",
+                 f"{key}=./{wrong.name}"]
         ctx.cwd = ctx.tmp
     else:
         argv += ["--set", f"{key}={wrong}"]
@@ -226,6 +228,91 @@ def test_every_path_option_of_the_schema_is_checked_for_its_kind():
                 yield f"{prefix}{f.name}"
     named = {k for k in fields(Config) if k.endswith(("_file", "_dir", ".dir", "path", "name_or_path"))}
     assert named and named <= set(PATHS), named - set(PATHS)
+
+
+# --------------------------------------------------------------------------- round 3, second look
+def _mkfifo(ctx) -> str:
+    import os
+    path = ctx.tmp / "pipe"
+    os.mkfifo(path)
+    return str(path)
+
+
+@case("is not a regular file", "give the file itself")
+def resume_from_a_pipe(ctx):  # torch.load would wait on it for ever
+    return ["--mode", "train_teacher", "--config", str(ctx.prev.config), "--output_dir", ctx.out,
+            "--resume_from_checkpoint", _mkfifo(ctx)]
+
+
+@case("is a broken symbolic link", "point it at an existing path")
+def output_dir_a_broken_link(ctx):
+    link = ctx.tmp / "gone"
+    link.symlink_to(ctx.tmp / "nowhere")
+    return ["--mode", "train_teacher", "--config", str(ctx.prev.config), "--output_dir", str(link)]
+
+
+@case("config file not found", "--teacher_config")
+def missing_teacher_section_file(ctx):
+    return ["--config", str(ctx.prev.config), "--output_dir", ctx.out, "--teacher_config", str(ctx.tmp / "no.yaml")]
+
+
+@case("has nothing to resume", "--overwrite")
+def benchmark_mode_resumed(ctx):  # it would replace the reports without --overwrite
+    run = ctx.copy_run()
+    return ["--mode", "benchmark", "--config", str(ctx.prev.config), "--output_dir", str(run),
+            "--teacher_path", str(run / "teacher/final"), "--resume_from_checkpoint", "auto"]
+
+
+@case("holds a finished run of another config", "--overwrite")
+def finished_pipeline_resumed_under_another_config(ctx):
+    return ["--config", str(ctx.prev.config), "--output_dir", str(ctx.copy_run()), "--resume_from_checkpoint", "auto",
+            "--set", "benchmark.num_beams=2"]
+
+
+@case("is a file where the run keeps a directory", "move it away")
+def a_file_where_the_swap_keeps_the_old_model(ctx):
+    run = ctx.copy_run()
+    (run / "student.old").write_text("x\n")
+    return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", str(run), "--overwrite"]
+
+
+@case("is a directory where the run writes a file", "move it away")
+def training_summary_a_directory(ctx):
+    run = unfinished_copy(ctx)
+    (run / "student/training_summary.json").unlink()
+    (run / "student/training_summary.json").mkdir()
+    return resume(ctx, run)
+
+
+@case("holds a model's weights only", "step_*.pt")
+def resume_from_the_best_model(ctx):
+    run = unfinished_copy(ctx)
+    return resume(ctx, run, str(run / "checkpoints/student/best.pt"))
+
+
+@case("this run exported", "delete that directory and rerun")
+def damaged_export_of_this_run(ctx):
+    run = ctx.copy_run()
+    (run / "student/final/model.safetensors").write_bytes(b"\0" * 64)
+    (run / "benchmark_results.json").unlink()
+    return ["--mode", "benchmark", "--config", str(ctx.prev.config), "--output_dir", str(run)]
+
+
+@case("tokenizer.train: a pretrained model reads the tokenizer", "set tokenizer.train to null")
+def pretrained_teacher_with_a_tokenizer_to_train(ctx):
+    return ["--mode", "distill_student", "--config", str(ctx.prev.config), "--output_dir", ctx.out,
+            "--set", "teacher.init=pretrained", "--set", f"teacher.name_or_path={ctx.prev.out / 'teacher/final'}"]
+
+
+@case("does not fit the configured student", "start a new run")
+def checkpoint_with_weights_of_the_wrong_type(ctx):
+    import torch
+    run = unfinished_copy(ctx)
+    ckpt = torch.load(run / STUDENT_CKPT, weights_only=True)
+    del ckpt["crc32"]
+    ckpt["weights"] = {"model": torch.zeros(3)}  # as a foreign tool might write it
+    torch.save(ckpt, run / STUDENT_CKPT)
+    return resume(ctx, run, str(run / STUDENT_CKPT))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -344,3 +431,13 @@ def test_a_resume_onto_changed_data_is_refused_before_anything_runs(tmp_path, ca
     code, err = run_in_process(argv + ["--resume_from_checkpoint", "auto"], capsys, monkeypatch)
     assert not error_problems(code, err, "belongs to a run of", "resume with the same data"), err
     assert changes(out, before, snapshot(out)) == []
+
+
+def test_resuming_a_finished_pipeline_changes_nothing(tmp_path, request, capsys, monkeypatch):
+    ctx = Ctx(tmp_path, request)
+    run = ctx.copy_run()
+    before = snapshot(run)
+    code, err = run_in_process(["--config", str(ctx.prev.config), "--output_dir", str(run),
+                                "--resume_from_checkpoint", "auto"], capsys, monkeypatch)
+    assert code == 0, err
+    assert changes(run, before, snapshot(run)) == []

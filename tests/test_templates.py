@@ -16,6 +16,8 @@ from utils.errors import UserError
 
 # template -> what the one-line error says about it
 BAD = {
+    "Q: {source:}": "{source:} has a format spec or conversion",  # an empty spec: parse cannot tell it apart
+    "{prefix:}{source}": "{prefix:} has a format spec or conversion",
     "{source.__class__} {source}": "{source.__class__} reads an attribute or index",
     "{source.x}": "{source.x} reads an attribute or index",
     "{source[0]}{source}": "{source[0]} reads an attribute or index",

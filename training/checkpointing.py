@@ -76,7 +76,7 @@ class CheckpointMixin:
         for name, module in self.trainable_modules().items():
             try:
                 module.load_state_dict(ckpt["weights"][name])
-            except (KeyError, RuntimeError) as e:
+            except (KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
                 section = self.job.section
                 diffs = config_differences(saved.get(section, {}), self.job.config.get(section, {}), f"{section}.") + \
                     config_differences(saved.get("distill", {}), self.job.config.get("distill", {}), "distill.")
@@ -170,6 +170,9 @@ def read_resumable(path: Path, role: str, config: dict, world: int, checkpoint_d
     resume applies, once every check that needs no model passed: role, format, global batch, config
     and the best model's file. Run before anything is computed or written, and again on load."""
     ckpt = load_checkpoint_file(path)
+    if "role" not in ckpt:
+        raise UserError(f"{path} holds a model's weights only (like best.pt), not a checkpoint to resume; pass a "
+                        f"step_*.pt file or 'auto'")
     if ckpt.get("role") != role:
         raise UserError(f"checkpoint {path} is a {ckpt.get('role')} checkpoint, not a {role} one; "
                         f"pass the {role}'s checkpoint or 'auto'")
@@ -197,10 +200,10 @@ def _check_best(ckpt: dict, best: Path) -> None:
     if state.get("best_step") is not None and best.exists():
         try:
             load_checkpoint_file(best)
-        except UserError as e:
-            raise UserError(f"{e} (it holds the best model, of step {state['best_step']}); delete it to export the "
-                            f"last step's weights at the end instead, or start the stage over with --overwrite") \
-                from None
+        except UserError:
+            raise UserError(f"{best}, the best model so far (step {state['best_step']}), is damaged or unreadable; "
+                            f"delete it to export the last step's weights at the end instead, or start the stage "
+                            f"over with --overwrite") from None
 
 
 def _same_global_batch(saved: dict, section: str, saved_world: int, config: dict, world: int, path: Path) -> dict:
