@@ -128,3 +128,18 @@ def tiny_gpt2(tmp_path_factory) -> str:
     return str(path)
 
 
+
+
+@pytest.fixture
+def no_connections(monkeypatch):
+    """Every socket connection is refused and recorded: a test asserts the list stays empty (offline,
+    the hub libraries' ~25 s of network retries must never start)."""
+    import socket
+    attempts = []
+
+    def refuse(sock, address, *args):
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts

@@ -60,12 +60,13 @@ def fresh(tiny, tmp_path_factory):
     return root, cache.entry.name, contents(cache)
 
 
-def _meta(path, **change):
-    meta = json.loads(path.read_text())
-    meta.update(change)
+def _edit_json(path, **change):
+    """Rewrite a JSON object file with ``change`` applied (a DROP value deletes its key)."""
+    data = json.loads(path.read_text())
+    data.update(change)
     for key in [k for k, v in change.items() if v is DROP]:
-        del meta[key]
-    path.write_text(json.dumps(meta))
+        del data[key]
+    path.write_text(json.dumps(data))
 
 
 DROP = object()
@@ -83,25 +84,25 @@ META_DAMAGE = {  # valid JSON of the wrong structure or values
     "a number": lambda p: p.write_text("3"),
     "null": lambda p: p.write_text("null"),
     "deeply nested": lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
-    "no fingerprint (an older entry)": lambda p: _meta(p, fingerprint=DROP),
-    "no sha256 (an older entry)": lambda p: _meta(p, sha256=DROP),
-    "another fingerprint": lambda p: _meta(p, fingerprint="0" * 24),
-    "rows a string": lambda p: _meta(p, rows="12"),
-    "rows negative": lambda p: _meta(p, rows=-1),
-    "rows one more": lambda p: _meta(p, rows=json.loads(p.read_text())["rows"] + 1),
-    "rows a bool": lambda p: _meta(p, rows=True),
-    "top_k zero": lambda p: _meta(p, top_k=0),
-    "top_k other": lambda p: _meta(p, top_k=K + 1),
-    "id_dtype unknown": lambda p: _meta(p, id_dtype="float64"),
-    "id_dtype too wide for the vocabulary": lambda p: _meta(p, id_dtype="int32"),
-    "temperatures other": lambda p: _meta(p, temperatures=[1.0]),
-    "temperatures strings": lambda p: _meta(p, temperatures=["1.0", "2.0"]),
-    "vocab_size other": lambda p: _meta(p, vocab_size=7),
-    "index a list": lambda p: _meta(p, index=[]),
-    "index span past the rows": lambda p: _meta(p, index={"k": [0, 10 ** 9]}),
-    "index span not a pair": lambda p: _meta(p, index={"k": 3}),
-    "index span negative": lambda p: _meta(p, index={"k": [-1, 1]}),
-    "sha256 of another file": lambda p: _meta(p, sha256=dict(json.loads(p.read_text())["sha256"], **{"ids.bin": "0"})),
+    "no fingerprint (an older entry)": lambda p: _edit_json(p, fingerprint=DROP),
+    "no sha256 (an older entry)": lambda p: _edit_json(p, sha256=DROP),
+    "another fingerprint": lambda p: _edit_json(p, fingerprint="0" * 24),
+    "rows a string": lambda p: _edit_json(p, rows="12"),
+    "rows negative": lambda p: _edit_json(p, rows=-1),
+    "rows one more": lambda p: _edit_json(p, rows=json.loads(p.read_text())["rows"] + 1),
+    "rows a bool": lambda p: _edit_json(p, rows=True),
+    "top_k zero": lambda p: _edit_json(p, top_k=0),
+    "top_k other": lambda p: _edit_json(p, top_k=K + 1),
+    "id_dtype unknown": lambda p: _edit_json(p, id_dtype="float64"),
+    "id_dtype too wide for the vocabulary": lambda p: _edit_json(p, id_dtype="int32"),
+    "temperatures other": lambda p: _edit_json(p, temperatures=[1.0]),
+    "temperatures strings": lambda p: _edit_json(p, temperatures=["1.0", "2.0"]),
+    "vocab_size other": lambda p: _edit_json(p, vocab_size=7),
+    "index a list": lambda p: _edit_json(p, index=[]),
+    "index span past the rows": lambda p: _edit_json(p, index={"k": [0, 10 ** 9]}),
+    "index span not a pair": lambda p: _edit_json(p, index={"k": 3}),
+    "index span negative": lambda p: _edit_json(p, index={"k": [-1, 1]}),
+    "sha256 of another file": lambda p: _edit_json(p, sha256=dict(json.loads(p.read_text())["sha256"], **{"ids.bin": "0"})),
 }
 
 
@@ -218,12 +219,6 @@ def label(directory):
                                 batch_size=4, shard_size=4, device="cpu", precision=None)
 
 
-def _shard(path, **change):
-    data = json.loads(path.read_text())
-    data.update(change)
-    for key in [k for k, v in change.items() if v is DROP]:
-        del data[key]
-    path.write_text(json.dumps(data))
 
 
 SHARD_DAMAGE = {k: v for k, v in FILE_DAMAGE.items() if k not in ("missing", "a directory")} | {
@@ -232,15 +227,15 @@ SHARD_DAMAGE = {k: v for k, v in FILE_DAMAGE.items() if k not in ("missing", "a 
     "a number": lambda p: p.write_text("1"),
     "a string": lambda p: p.write_text('"sources"'),
     "deeply nested": lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
-    "sources missing": lambda p: _shard(p, sources=DROP),
-    "outputs missing": lambda p: _shard(p, outputs=DROP),
-    "sources a string": lambda p: _shard(p, sources="abc"),
-    "outputs a dict": lambda p: _shard(p, outputs={"a": 1}),
-    "outputs numbers": lambda p: _shard(p, outputs=[1, 2, 3, 4]),
-    "outputs with null": lambda p: _shard(p, outputs=["a", None, "b", "c"]),
-    "outputs shorter": lambda p: _shard(p, outputs=["a"]),
-    "other sources": lambda p: _shard(p, sources=["a", "b", "c", "d"]),
-    "another fingerprint": lambda p: _shard(p, fingerprint="0" * 20),
+    "sources missing": lambda p: _edit_json(p, sources=DROP),
+    "outputs missing": lambda p: _edit_json(p, outputs=DROP),
+    "sources a string": lambda p: _edit_json(p, sources="abc"),
+    "outputs a dict": lambda p: _edit_json(p, outputs={"a": 1}),
+    "outputs numbers": lambda p: _edit_json(p, outputs=[1, 2, 3, 4]),
+    "outputs with null": lambda p: _edit_json(p, outputs=["a", None, "b", "c"]),
+    "outputs shorter": lambda p: _edit_json(p, outputs=["a"]),
+    "other sources": lambda p: _edit_json(p, sources=["a", "b", "c", "d"]),
+    "another fingerprint": lambda p: _edit_json(p, fingerprint="0" * 20),
 }
 
 
@@ -264,7 +259,7 @@ def test_a_damaged_shard_is_decoded_again_with_a_warning_naming_it(decoding, tmp
 def test_a_shard_without_a_fingerprint_is_still_used(decoding, tmp_path):
     directory = tmp_path / "fp"
     reference = label(directory)
-    _shard(directory / "shard_00001.json", fingerprint=DROP)   # written before shards recorded it
+    _edit_json(directory / "shard_00001.json", fingerprint=DROP)   # written before shards recorded it
     decoding.clear()
     assert label(directory) == reference and decoding == []
 

@@ -348,16 +348,9 @@ def test_synthetic_tasks_are_deterministic_and_split_cleanly():
         dl.load_splits(DataConfig(synthetic=SyntheticConfig("nope", 5, 0)))
 
 
-def test_hub_offline_is_one_line_and_tries_no_connection(monkeypatch):
+def test_hub_offline_is_one_line_and_tries_no_connection(no_connections):
     """Offline, the libraries' ~25 s of network retries never start: no socket connects at all."""
-    import socket
-    attempts = []
-
-    def refuse(sock, address, *args):
-        attempts.append(address)
-        raise OSError("network disabled by the test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    attempts = no_connections
     with pytest.raises(UserError) as e:
         dl.load_splits(DataConfig(dataset_name="cnn_dailymail", dataset_config="3.0.0"))
     assert attempts == []

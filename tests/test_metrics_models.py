@@ -177,16 +177,9 @@ def test_perplexity_batching_and_empty_predictions(tiny_gpt2):
     lambda name: style_accuracy(["a"], name),
     lambda name: fluency_perplexity(["a"], name),
 ], ids=["bertscore", "content_preservation", "style_accuracy", "fluency_perplexity"])
-def test_uncached_hub_name_offline_is_skipped_without_a_connection(call, monkeypatch):
+def test_uncached_hub_name_offline_is_skipped_without_a_connection(call, no_connections):
     """Offline, the hub libraries' network retries never start: no socket connects at all."""
-    import socket
-    attempts = []
-
-    def refuse(sock, address, *args):
-        attempts.append(address)
-        raise OSError("network disabled by the test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    attempts = no_connections
     clear_model_cache()
     out = call(UNKNOWN_HUB_NAME)
     assert attempts == []

@@ -95,16 +95,9 @@ def test_load_saved_refuses_a_directory_without_a_model(tmp_path):
         load_saved(tmp_path, "--teacher_path")
 
 
-def test_unreachable_hub_name_fails_with_one_line_and_no_connection(monkeypatch):
+def test_unreachable_hub_name_fails_with_one_line_and_no_connection(no_connections):
     """Offline (conftest), the hub libraries' network retries never start: no socket connects at all."""
-    import socket
-    attempts = []
-
-    def refuse(sock, address, *args):
-        attempts.append(address)
-        raise OSError("network disabled by the test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    attempts = no_connections
     with pytest.raises(UserError) as e:
         build_model(ModelConfig(name_or_path="t5-small"), tokenizer=None)
     assert attempts == []
