@@ -130,7 +130,7 @@ def resume_changes(saved: dict, current: dict, role: str) -> tuple[list[str], li
         if role == "student":
             out["distill"] = cfg.get("distill", {})
         return out
-    diffs = config_differences(shaping(with_defaults(saved)), shaping(current))
+    diffs = config_differences(shaping(with_defaults(saved)), shaping(with_defaults(current)))
     allowed = tuple(f"training.{role}.{k}:" for k in RESUME_MAY_CHANGE)
     return [d for d in diffs if not d.startswith(allowed)], [d for d in diffs if d.startswith(allowed)]
 

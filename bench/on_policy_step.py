@@ -45,6 +45,7 @@ KINDS = {
 def trainer_for(base: str, overrides: list[str], teacher_path: str, student_path: str | None, out: Path):
     """The student's Trainer exactly as distill_student builds it (run_stage intercepted before training)."""
     import pipeline
+    import pipeline.modes
     from settings import load_config
     sets = [("--set", s) for s in overrides + [f"training.output_dir={out}", "training.baseline=false",
                                                "training.num_threads=2"]]
@@ -57,7 +58,7 @@ def trainer_for(base: str, overrides: list[str], teacher_path: str, student_path
     if cfg.data.synthetic is not None:
         cfg.data.synthetic.unlabeled_examples = 0
     captured = {}
-    pipeline.run_stage = lambda run, stage, trainer: captured.setdefault("trainer", trainer)
+    pipeline.modes.run_stage = lambda run, stage, trainer: captured.setdefault("trainer", trainer)
     pipeline.distill_student(cfg, pipeline.RunOptions(teacher_path=teacher_path))
     return captured["trainer"]
 

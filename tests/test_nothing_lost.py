@@ -119,10 +119,10 @@ def test_an_interrupted_overwrite_resumes_in_its_staging_directory_then_replaces
 
 
 def test_a_replacement_interrupted_mid_swap_is_completed_by_auto(finished, tmp_path, monkeypatch):
-    import pipeline
+    import pipeline.stages
     cfg, _ = finished
     out = copy_run(finished, tmp_path / "run")
-    monkeypatch.setattr(pipeline, "replace_stage", lambda run, role: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(pipeline.stages, "replace_stage", lambda run, role: (_ for _ in ()).throw(KeyboardInterrupt))
     assert teacher(cfg, out, "--overwrite", "--set", "training.seed=7") == 130
     assert (out / "teacher.new/final/model.safetensors").is_file() and (out / "teacher/final").is_dir()
     monkeypatch.undo()

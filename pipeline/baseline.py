@@ -1,18 +1,20 @@
 """The CE-only baseline student (``training.baseline``, ``--with_baseline``): the control that says
 whether distillation paid off. A stage of its own, ``student_ce``, with the student's directories,
-checkpoints, resume and --overwrite semantics (pipeline.prepare_stage / run_stage)."""
+checkpoints, resume and --overwrite semantics (pipeline.stages)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
 
-from pipeline import (BASELINE, Run, RunOptions, build_student, check_positions, finished_stage, make_job,
-                      prepare_stage, resolve_model, run_stage, stage_dirs, start)
 from settings import Config
 from training import Trainer
 from utils.errors import UserError
 from utils.runtime import set_seed
+
+from pipeline.run import BASELINE, Run, RunOptions, check_positions, make_job, start
+from pipeline.sources import build_student, resolve_model
+from pipeline.stages import finished_stage, prepare_stage, run_stage, stage_dirs
 
 
 def train_baseline(cfg: Config, opts: RunOptions = RunOptions(), run: Run | None = None,
