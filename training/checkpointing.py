@@ -225,6 +225,6 @@ def _same_global_batch(saved: dict, section: str, saved_world: int, config: dict
 
 def _rank_share(states: list | None, rank: int) -> dict | None:
     """This rank's on-policy state; a rank the saving run did not have starts with an empty buffer."""
-    if not states:
+    if not states or states[0] is None:  # saved without on-policy batches
         return None
     return states[rank] if rank < len(states) else {**states[0], "buffer": []}
