@@ -53,9 +53,7 @@ def distill_student(cfg: Config, opts: RunOptions = RunOptions(), run: Run | Non
     baseline = baseline and cfg.training.baseline
     objective = build_objective(cfg)  # a wrong loss option fails before a large teacher is loaded
     on_policy = on_policy_objective(cfg)
-    if cfg.distill.teacher_cache is not None and objective.requires - {"logits"}:
-        raise UserError("distill.teacher_cache keeps the teacher's logits only; hidden-state and attention losses "
-                        "need the live teacher: remove distill.teacher_cache or those losses")
+    check_logits_only(cfg, objective, cross=False)
     stage = prepare_stage(run, "student")  # refuse before a large teacher is loaded
     if baseline:
         prepare_stage(baseline_run(run), BASELINE)
@@ -84,10 +82,7 @@ def _distill(run: Run, stage: Stage, objective: Objective, on_policy: Objective 
     check_positions(teacher, cfg, "teacher")
     check_positions(student, cfg, "student")
     cross = not same_vocabulary(s_tok, t_tok) or not teacher.config.is_encoder_decoder
-    if cross and (objective.requires - {"logits"} or cfg.distill.teacher_cache or cfg.distill.pseudo_labels):
-        raise UserError("a teacher with another tokenizer (or a causal one) is aligned with the student by characters "
-                        "and answers with its logits only: remove distill.teacher_cache, distill.pseudo_labels and "
-                        "hidden-state/attention losses, or give the student the teacher's tokenizer")
+    check_logits_only(cfg, objective, cross)
     for where, obj in (("distill.losses", objective), ("distill.on_policy.losses", on_policy)):
         if obj is not None:
             obj.vocab_size = len(s_tok)
@@ -160,13 +155,27 @@ def check_reports_free(run: Run) -> None:
                         f"or choose another --output_dir")
 
 
+def check_logits_only(cfg: Config, objective: Objective, cross: bool) -> None:
+    """What needs more of the teacher than its logits: refused with a teacher cache, and with a teacher
+    of another tokenizer (aligned by characters), which also cannot write pseudo-labels for the student."""
+    if cfg.distill.teacher_cache is not None and objective.requires - {"logits"}:
+        raise UserError("distill.teacher_cache keeps the teacher's logits only; hidden-state and attention losses "
+                        "need the live teacher: remove distill.teacher_cache or those losses")
+    if cross and (objective.requires - {"logits"} or cfg.distill.teacher_cache or cfg.distill.pseudo_labels):
+        raise UserError("a teacher with another tokenizer (or a causal one) is aligned with the student by characters "
+                        "and answers with its logits only: remove distill.teacher_cache, distill.pseudo_labels and "
+                        "hidden-state/attention losses, or give the student the teacher's tokenizer")
+
+
 def preflight(run: Run) -> None:
     """Checks that would otherwise fail only after hours of training."""
-    build_objective(run.cfg)
+    t, s = run.cfg.teacher, run.cfg.student
+    # two tokenizers trained on the data with other settings: the student's differs from the teacher's
+    other_tokenizer = s.init == "scratch" and t.tokenizer.train and s.tokenizer.train and s.tokenizer != t.tokenizer
+    check_logits_only(run.cfg, build_objective(run.cfg), bool(other_tokenizer))
     on_policy_objective(run.cfg)
     check_on_policy_data(run)
     check_reports_free(run)
-    t, s = run.cfg.teacher, run.cfg.student
     if s.init == "shrink" and t.init == "scratch" and not run.opts.teacher_path:   # the teacher is trained first
         layers = (s.arch.encoder_layers, s.arch.decoder_layers)
         # the vocabulary and special ids do not shape a shrink: any will do

@@ -315,6 +315,18 @@ def checkpoint_with_weights_of_the_wrong_type(ctx):
     return resume(ctx, run, str(run / STUDENT_CKPT))
 
 
+@case("keeps the teacher's logits only", "remove distill.teacher_cache")
+def full_pipeline_with_a_cache_and_hidden_losses(ctx):  # refused before the teacher trains
+    return ["--config", str(ctx.prev.config), "--output_dir", ctx.out, "--set", "distill.teacher_cache={top_k: 4}",
+            "--set", "distill.losses=[{name: hidden_mse, weight: 1.0}]"]
+
+
+@case("a teacher with another tokenizer", "give the student the teacher's tokenizer")
+def full_pipeline_with_another_student_tokenizer_and_pseudo_labels(ctx):
+    return ["--config", str(ctx.prev.config), "--output_dir", ctx.out, "--set", "student.tokenizer.train.vocab_size=100",
+            "--set", "distill.pseudo_labels={num_beams: 1}"]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_refused_in_one_line_before_anything_is_written(case: Case, tmp_path, request, capsys, monkeypatch):
     ctx = Ctx(tmp_path, request)
