@@ -4,12 +4,12 @@ checkpoints, resume and --overwrite semantics (pipeline.stages)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from settings import Config
 from training import Trainer
 from utils.errors import UserError
+from utils.files import fields, read_json
 from utils.runtime import set_seed
 
 from pipeline.run import BASELINE, Run, RunOptions, check_positions, make_job, start
@@ -64,11 +64,5 @@ def distilled_steps(run: Run) -> int:
 
 def _summary_steps(path: Path) -> int:
     """The steps a finished stage's training_summary.json records (validated: the file may be damaged)."""
-    try:
-        steps = json.loads(path.read_text(encoding="utf-8"))["steps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        steps = None
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise UserError(f"{path} is damaged (no step count); the CE-only student trains for the distilled "
-                        f"student's steps: restore the file, or distill the student again with --overwrite")
-    return steps
+    fix = "restore the file, or distill the student again with --overwrite"
+    return read_json(path, fix, lambda s: fields(s, steps=lambda v: type(v) is int and v >= 0))["steps"]

@@ -1,7 +1,6 @@
 """The four modes, as plain functions listed in :data:`MODES`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from settings import Config
@@ -14,7 +13,8 @@ from pseudo_labels import pseudo_label_pairs
 from checkpoints import config_differences
 from training import Trainer
 from utils import distributed as dist
-from utils.errors import UserError, one_line
+from utils.errors import UserError
+from utils.files import fields, read_json
 from utils.logs import log
 from utils.runtime import set_seed
 
@@ -221,13 +221,9 @@ def full_pipeline(cfg: Config, opts: RunOptions = RunOptions()) -> dict:
 def finished_run(run: Run) -> dict:
     """A pipeline whose benchmark reports exist (written last) is finished: resuming it changes nothing,
     when it ran under this config."""
-    out = run.output_dir
-    try:
-        saved = json.loads((out / "config.resolved.json").read_text(encoding="utf-8"))
-        results = json.loads((out / "benchmark_results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{out}: the finished run's config.resolved.json or benchmark_results.json is unreadable "
-                        f"({one_line(e, 80)}); redo the benchmark with --mode benchmark --overwrite") from None
+    out, fix = run.output_dir, "redo the benchmark with --mode benchmark --overwrite"
+    saved, results = (read_json(out / name, fix, lambda d: fields(d)) for name in ("config.resolved.json",
+                                                                              "benchmark_results.json"))
     ignored = {key.split("[")[0] for key in PATHS} | {"training.rendezvous_timeout", "training.num_threads"}
     diffs = [d for d in config_differences(saved, resolved_dict(run.cfg)) if d.split(":")[0] not in ignored]
     if diffs:

@@ -20,6 +20,7 @@ over seeds.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 from benchmark.verdict import TRIVIAL  # name -> what the trivial system does
 from metrics.bootstrap import _percentile_interval, metric_statistics, resampled_scores
 from metrics.style import StyleClassifier
-from benchmark.study.readers import damaged, fields, latency_value, read_json, read_jsonl
+from utils.files import damaged, fields, read_json, read_jsonl
 from utils.errors import UserError
 
 METRICS = {"sacrebleu": "BLEU", "chrf": "chrF", "rougeL": "ROUGE-L", "style_nontoxic": "non-toxic %"}
@@ -91,6 +92,12 @@ def _results_problem(data) -> str:
         if not latency_value(r.get("latency_p50_ms")):
             return f"models[{i}].latency_p50_ms is {r['latency_p50_ms']!r:.40}"
     return why
+
+
+def latency_value(value) -> bool:
+    """A latency in ms: absent (None) or a finite number >= 0."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                             and value >= 0)
 
 
 def aggregate(systems: list[System], test, train, n_resamples: int, confidence: float, seed: int = 0) -> dict:

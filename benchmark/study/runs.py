@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.study.config import STUDY_DIR, StudyConfig
-from benchmark.study.readers import fields, read_json, str_list
 from benchmark.verdict import TRIVIAL  # name -> what the trivial system does
 from utils.errors import UserError
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, fields, read_json, str_list
 from utils.logs import log
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
@@ -138,11 +137,10 @@ def _check(cfg, method: str) -> None:
 def execute(runs: list[StudyRun], log_dir: Path, launch=None) -> None:
     """Run what is not finished, in order; one log line per run started, skipped or finished."""
     launch = launch or run_logged
-    for run in runs:  # every refusal before the first run starts
-        check_settings(run)
+    to_record = {run.name for run in runs if check_settings(run)}  # every refusal before the first run starts
     for i, run in enumerate(runs, 1):
         what = "resuming" if run.directory.exists() else "started"
-        if check_settings(run):
+        if run.name in to_record:
             atomic_write_text(run.directory / RECORD, json.dumps(_settings_now(run), indent=1) + "\n")
         if run.done.exists():
             log.info("study run %s: skipped (%d/%d; finished earlier: %s exists)", run.name, i, len(runs), run.done)

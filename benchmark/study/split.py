@@ -21,10 +21,9 @@ import json
 import random
 from pathlib import Path
 
-from benchmark.study.readers import fields, read_jsonl, str_list
 from data_loader import Example, load_splits, unlabeled_sources
 from utils.errors import UserError
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, fields, read_jsonl, str_list
 from utils.logs import log
 
 SPLITS = ("train", "validation", "test")
