@@ -108,8 +108,8 @@ class OnPolicyConfig:
 
     def __post_init__(self):
         _in_range("fraction", self.fraction, 0.0, 1.0)
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature: must be > 0 and finite, got {self.temperature}")
+        if not 0 < self.temperature <= 100:  # (also refuses NaN) beyond ~100 every token is about as likely
+            raise ValueError(f"temperature: must be in (0, 100], got {self.temperature}")
         if not 0 < self.top_p <= 1:  # (also refuses NaN)
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         _in_range("top_k", self.top_k, 0, 10**7)

@@ -264,7 +264,8 @@ def test_two_ranks_each_sample_their_own_share(teacher, tmp_path):
 # --------------------------------------------------------------------------- bad input
 BAD = [
     ("fraction=1.5", "fraction: must be in [0.0, 1.0]"), ("fraction=-0.1", "fraction: must be in [0.0, 1.0]"),
-    ("temperature=0", "temperature: must be > 0"), ("temperature=-1", "temperature: must be > 0"),
+    ("temperature=0", "temperature: must be in (0, 100]"), ("temperature=-1", "temperature: must be in (0, 100]"),
+    ("temperature=1e30", "temperature: must be in (0, 100]"), ("temperature=nan", "must be a finite number"),
     ("top_p=0", "top_p: must be in (0, 1]"), ("top_p=1.5", "top_p: must be in (0, 1]"),
     ("max_new_tokens=0", "max_new_tokens: must be > 0"),
     ("max_new_tokens=200", "cannot hold distill.on_policy.max_new_tokens"),

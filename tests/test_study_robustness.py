@@ -115,7 +115,7 @@ def test_a_damaged_run_file_is_refused_naming_it(study, capsys, rel, how):
 @pytest.mark.parametrize("rel", RUN_FILES)
 def test_a_damaged_run_file_is_refused_by_aggregate_only_too(study, capsys, rel):
     path = _damage(study, rel, "cut_to_a_third")
-    refused(["--config", str(study), "--aggregate-only"], capsys, path, study.parent)
+    assert "is damaged" in refused(["--config", str(study), "--aggregate-only"], capsys, path, study.parent)
 
 
 @pytest.mark.parametrize("bad_models, why", [
@@ -221,7 +221,8 @@ def test_an_output_dir_under_a_file_is_refused(tmp_path, capsys):
 
 
 def test_config_that_is_a_directory_is_refused(tmp_path, capsys):
-    refused(["--config", str(_make(tmp_path / "studies", "dir"))], capsys, tmp_path / "studies", tmp_path)
+    err = refused(["--config", str(_make(tmp_path / "studies", "dir"))], capsys, tmp_path / "studies", tmp_path)
+    assert "is a directory" in err
 
 
 def test_a_base_config_that_is_a_directory_is_refused(tmp_path, capsys):
